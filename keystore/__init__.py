@@ -1,0 +1,59 @@
+"""keyrelay's keystore: encrypted provider keys leased as concurrency-limited resources.
+
+Importable without Prefect or FastAPI. See `open_keystore` and `Keystore`."""
+
+from keystore.clock import Clock, ManualClock, utcnow
+from keystore.config import RotationConfig
+from keystore.cooling import Marked
+from keystore.crypto import MasterKey, fingerprint, mask
+from keystore.errors import (
+    ConfigError,
+    DuplicateKey,
+    InvalidInput,
+    KeyNotFound,
+    KeyrelayError,
+    LastEnabledKey,
+    LeaseLost,
+    MasterKeyError,
+    NoKeyAvailable,
+    ProviderError,
+    RequestTooLarge,
+)
+from keystore.lease import Lease
+from keystore.models import PROVIDERS, AuditEventPublic, KeyPublic, Provider
+from keystore.ratelimits.signal import RateLimitSignal
+from keystore.settings import Settings
+from keystore.store import Explanation, Keystore, PoolStatus, open_keystore
+
+__all__ = [
+    "PROVIDERS",
+    "AuditEventPublic",
+    "Clock",
+    "ConfigError",
+    "DuplicateKey",
+    "Explanation",
+    "InvalidInput",
+    "KeyNotFound",
+    "KeyPublic",
+    "KeyrelayError",
+    "Keystore",
+    "LastEnabledKey",
+    "Lease",
+    "LeaseLost",
+    "ManualClock",
+    "Marked",
+    "MasterKey",
+    "MasterKeyError",
+    "NoKeyAvailable",
+    "PoolStatus",
+    "Provider",
+    "ProviderError",
+    "RateLimitSignal",
+    "RequestTooLarge",
+    "RotationConfig",
+    "Settings",
+    "fingerprint",
+    "mask",
+    "open_keystore",
+    "utcnow",
+]

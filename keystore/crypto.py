@@ -1,0 +1,158 @@
+"""Master key (Fernet / MultiFernet), fingerprints and masking.
+
+The first master key encrypts, all of them decrypt. Keys come from KEYRELAY_MASTER_KEY or from a
+0600 file under KEYRELAY_HOME that is created on first use. The file may hold several keys, one per
+line; `rotate` writes a new first key and keeps the previous one for processes that loaded it before
+the rotation (they reload the file when a token does not decrypt)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from keystore.errors import MasterKeyError
+
+__all__ = ["MasterKey", "fingerprint", "mask"]
+
+_KEEP_OLD_KEYS = 1  # previous keys kept in the file after a rotation
+
+
+def fingerprint(secret: str) -> str:
+    """SHA-256 of the secret, first 16 hex characters: stable, safe to show, unique per secret."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def mask(secret: str) -> str:
+    """At most the first 7 and the last 4 characters, never more than a third of the secret."""
+    budget = len(secret) // 3
+    tail = min(4, budget)
+    head = min(7, budget - tail)
+    return f"{secret[:head]}...{secret[len(secret) - tail :] if tail else ''}"
+
+
+def _parse_keys(text: str, *, origin: str) -> list[bytes]:
+    keys = [part.strip().encode() for part in text.replace("\n", ",").split(",") if part.strip()]
+    if not keys:
+        raise MasterKeyError(f"no master key in {origin}")
+    for index, key in enumerate(keys):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError) as exc:
+            raise MasterKeyError(
+                f"master key #{index + 1} in {origin} is not a valid Fernet key "
+                "(32 url-safe base64-encoded bytes; make one with `keyrelay master-key generate`)"
+            ) from exc
+    return keys
+
+
+class MasterKey:
+    """Encrypts and decrypts secrets. Thread-safe; reloads its key file when a token does not
+    decrypt (another process may have rotated it)."""
+
+    def __init__(self, keys: Sequence[bytes], *, key_file: Path | None = None) -> None:
+        self._lock = threading.Lock()
+        self._key_file = key_file
+        self._set(list(keys))
+
+    @classmethod
+    def load(cls, *, env_value: str | None, key_file: Path) -> MasterKey:
+        if env_value:
+            return cls(_parse_keys(env_value, origin="KEYRELAY_MASTER_KEY"))
+        return cls(_read_or_create(key_file), key_file=key_file)
+
+    @staticmethod
+    def generate() -> str:
+        return Fernet.generate_key().decode()
+
+    @property
+    def from_environment(self) -> bool:
+        return self._key_file is None
+
+    @property
+    def key_count(self) -> int:
+        return len(self._keys)
+
+    def _set(self, keys: list[bytes]) -> None:
+        self._keys = keys
+        self._fernet = MultiFernet([Fernet(k) for k in keys])
+
+    def encrypt(self, plaintext: str) -> str:
+        return self._fernet.encrypt(plaintext.encode()).decode()
+
+    def decrypt(self, token: str) -> str:
+        try:
+            return self._fernet.decrypt(token.encode()).decode()
+        except InvalidToken:
+            if self._reload():
+                try:
+                    return self._fernet.decrypt(token.encode()).decode()
+                except InvalidToken:
+                    pass
+            raise MasterKeyError("secret does not decrypt with any master key") from None
+
+    def reencrypt(self, token: str) -> str:
+        """The same secret under the first master key."""
+        try:
+            return self._fernet.rotate(token.encode()).decode()
+        except InvalidToken:
+            raise MasterKeyError("secret does not decrypt with any master key") from None
+
+    def rotate(self) -> None:
+        """Put a fresh key first (file-backed keys only); keep the previous one for decryption."""
+        if self._key_file is None:
+            raise MasterKeyError(
+                "the master key comes from KEYRELAY_MASTER_KEY: put a new key first in that "
+                "variable "
+                "(keep the old ones after it), restart, then run the rotation to re-encrypt"
+            )
+        with self._lock:
+            current = _read_or_create(self._key_file)
+            keys = [Fernet.generate_key(), *current[:_KEEP_OLD_KEYS]]
+            _write_key_file(self._key_file, keys)
+            self._set(keys)
+
+    def _reload(self) -> bool:
+        if self._key_file is None or not self._key_file.exists():
+            return False
+        with self._lock:
+            keys = _parse_keys(self._key_file.read_text(), origin=str(self._key_file))
+            if keys == self._keys:
+                return False
+            self._set(keys)
+            return True
+
+
+def _read_or_create(key_file: Path) -> list[bytes]:
+    if key_file.exists():
+        _check_permissions(key_file)
+        return _parse_keys(key_file.read_text(), origin=str(key_file))
+    key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = Fernet.generate_key()
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        return _parse_keys(key_file.read_text(), origin=str(key_file))
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key.decode() + "\n")
+    return [key]
+
+
+def _write_key_file(key_file: Path, keys: Sequence[bytes]) -> None:
+    tmp = key_file.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("".join(k.decode() + "\n" for k in keys))
+    os.replace(tmp, key_file)
+
+
+def _check_permissions(key_file: Path) -> None:
+    mode = key_file.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise MasterKeyError(
+            f"{key_file} is readable by others (mode {mode:o}); run `chmod 600 {key_file}`"
+        )

@@ -1,0 +1,284 @@
+"""Key rows: add, update, delete, reset, and their public (secret-free) view."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, case, func, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from keystore.audit import AuditWriter
+from keystore.crypto import MasterKey, fingerprint, mask
+from keystore.errors import DuplicateKey, KeyNotFound, LastEnabledKey
+from keystore.models import Key, KeyCreate, KeyPublic, KeyState, KeyUpdate, LeaseSlot
+
+__all__ = [
+    "add_key",
+    "as_utc",
+    "delete_key",
+    "drop_slots",
+    "get_key",
+    "key_state",
+    "list_keys",
+    "lock_provider_keys",
+    "reset_key",
+    "slot_usage",
+    "update_key",
+]
+
+keys_t = Key.__table__  # type: ignore[attr-defined]
+slots_t = LeaseSlot.__table__  # type: ignore[attr-defined]
+_PUBLIC_COLUMNS = [c for c in keys_t.c if c.name not in ("ciphertext", "updated_at")]
+
+
+def key_state(row: Any, *, active_leases: int, now: datetime) -> KeyState:
+    if not row.enabled:
+        return "disabled"
+    if row.unusable_reason:
+        return "unusable"
+    if row.cooling_until is not None and row.cooling_until > now:
+        return "cooling"
+    if active_leases >= row.max_concurrency:
+        return "busy"
+    return "available"
+
+
+@dataclass(frozen=True)
+class SlotUsage:
+    active: int
+    uses: int
+    last_used_at: datetime | None
+
+
+def slot_usage(
+    conn: Connection, now: datetime, key_ids: Sequence[int] | None = None
+) -> dict[int, SlotUsage]:
+    """Per key: unexpired leases, and the usage counters kept on its slots."""
+    s = slots_t.c
+    query = select(
+        s.key_id,
+        func.count(case((s.expires_at > now, 1))),
+        func.coalesce(func.sum(s.uses), 0),
+        func.max(s.last_acquired_at).label("last"),
+    ).group_by(s.key_id)
+    if key_ids is not None:
+        query = query.where(s.key_id.in_(key_ids))
+    return {
+        key_id: SlotUsage(active, uses, as_utc(last))
+        for key_id, active, uses, last in conn.execute(query).all()
+    }
+
+
+def as_utc(value: datetime | str | None) -> datetime | None:
+    """An aggregate (max/min) of a time column comes back untyped on SQLite: naive text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def to_public(row: Row[Any], usage: SlotUsage | None, *, now: datetime) -> KeyPublic:
+    data = {c.name: getattr(row, c.name) for c in _PUBLIC_COLUMNS if c.name != "unusable_reason"}
+    active = usage.active if usage else 0
+    if usage:
+        data["uses"] = row.uses + usage.uses
+        data["last_used_at"] = max(
+            (t for t in (row.last_used_at, usage.last_used_at) if t), default=None
+        )
+    state = key_state(row, active_leases=active, now=now)
+    if state == "unusable":
+        data["cooling_reason"] = row.unusable_reason
+    return KeyPublic(**data, state=state, active_leases=active)
+
+
+def list_keys(conn: Connection, *, now: datetime, provider: str | None = None) -> list[KeyPublic]:
+    query = select(*_PUBLIC_COLUMNS).order_by(keys_t.c.provider, keys_t.c.priority, keys_t.c.id)
+    if provider is not None:
+        query = query.where(keys_t.c.provider == provider)
+    rows = conn.execute(query).all()
+    usage = slot_usage(conn, now)
+    return [to_public(r, usage.get(r.id), now=now) for r in rows]
+
+
+def get_key(conn: Connection, key_id: int, *, now: datetime) -> KeyPublic:
+    row = conn.execute(select(*_PUBLIC_COLUMNS).where(keys_t.c.id == key_id)).one_or_none()
+    if row is None:
+        raise KeyNotFound(key_id)
+    return to_public(row, slot_usage(conn, now, [key_id]).get(key_id), now=now)
+
+
+def add_key(conn: Connection, *, audit: AuditWriter, master: MasterKey, create: KeyCreate) -> int:
+    secret = create.secret.get_secret_value()
+    fp = fingerprint(secret)
+    existing = conn.execute(select(keys_t.c.id).where(keys_t.c.fingerprint == fp)).scalar()
+    if existing is not None:
+        raise DuplicateKey(fp, existing)
+    values = create.model_dump(exclude={"secret"})
+    try:
+        key_id = conn.execute(
+            keys_t.insert()
+            .values(
+                **values,
+                ciphertext=master.encrypt(secret),
+                fingerprint=fp,
+                masked=mask(secret),
+                uses=0,
+                rate_limit_hits=0,
+                created_at=audit.now,
+                updated_at=audit.now,
+            )
+            .returning(keys_t.c.id)
+        ).scalar_one()
+    except IntegrityError as exc:  # a concurrent add of the same secret won the race
+        raise DuplicateKey(fp) from exc
+    _resize_slots(conn, key_id, create.max_concurrency, now=audit.now)
+    audit.record(
+        "key_added", key_id=key_id, name=create.name, provider=create.provider, fingerprint=fp
+    )
+    return key_id
+
+
+def lock_provider_keys(conn: Connection, provider: str) -> list[Row[Any]]:
+    """Lock every key row of a provider (PostgreSQL; SQLite already holds the write lock), so
+    'is this the last enabled key?' stays true until commit."""
+    query = (
+        select(keys_t.c.id, keys_t.c.enabled)
+        .where(keys_t.c.provider == provider)
+        .order_by(keys_t.c.id)
+        .with_for_update()
+    )
+    return list(conn.execute(query).all())
+
+
+def _provider_of(conn: Connection, key_id: int) -> str:
+    provider = conn.execute(select(keys_t.c.provider).where(keys_t.c.id == key_id)).scalar()
+    if provider is None:
+        raise KeyNotFound(key_id)
+    return provider
+
+
+def _refuse_last_enabled(conn: Connection, key_id: int, *, force: bool) -> None:
+    provider = _provider_of(conn, key_id)
+    rows = lock_provider_keys(conn, provider)
+    enabled = [r.id for r in rows if r.enabled]
+    if not force and enabled == [key_id]:
+        raise LastEnabledKey(key_id, provider)
+
+
+def update_key(
+    conn: Connection,
+    key_id: int,
+    *,
+    audit: AuditWriter,
+    master: MasterKey,
+    update: KeyUpdate,
+    force: bool = False,
+) -> None:
+    changes = update.model_dump(exclude_unset=True, exclude={"secret"})
+    _provider_of(conn, key_id)
+    # Lock order is slots before keys everywhere (acquire takes a slot, then bumps its key), so
+    # resizing comes before the provider-wide key lock.
+    if "max_concurrency" in changes:
+        _resize_slots(conn, key_id, changes["max_concurrency"], now=audit.now)
+    if update.enabled is False:
+        _refuse_last_enabled(conn, key_id, force=force)
+    if update.secret is not None:
+        secret = update.secret.get_secret_value()
+        fp = fingerprint(secret)
+        other = conn.execute(
+            select(keys_t.c.id).where(keys_t.c.fingerprint == fp, keys_t.c.id != key_id)
+        ).scalar()
+        if other is not None:
+            raise DuplicateKey(fp, other)
+        changes |= {
+            "ciphertext": master.encrypt(secret),
+            "fingerprint": fp,
+            "masked": mask(secret),
+            "unusable_reason": None,
+        }
+    if not changes:
+        return
+    conn.execute(
+        keys_t.update().where(keys_t.c.id == key_id).values(**changes, updated_at=audit.now)
+    )
+    shown = sorted(k for k in changes if k != "ciphertext")
+    audit.record(
+        "key_updated",
+        key_id=key_id,
+        fields=shown,
+        **{
+            k: v
+            for k, v in changes.items()
+            if k in ("name", "priority", "max_concurrency", "enabled", "group", "fingerprint")
+        },
+    )
+
+
+def delete_key(conn: Connection, key_id: int, *, audit: AuditWriter, force: bool = False) -> None:
+    row = conn.execute(
+        select(keys_t.c.enabled, keys_t.c.name).where(keys_t.c.id == key_id)
+    ).one_or_none()
+    if row is None:
+        raise KeyNotFound(key_id)
+    # Slots before keys (the lock order acquire uses), so a racing acquire cannot deadlock us.
+    conn.execute(select(slots_t.c.id).where(slots_t.c.key_id == key_id).with_for_update()).all()
+    if row.enabled:
+        _refuse_last_enabled(conn, key_id, force=force)
+    conn.execute(slots_t.delete().where(slots_t.c.key_id == key_id))
+    conn.execute(keys_t.delete().where(keys_t.c.id == key_id))
+    audit.record("key_deleted", key_id=key_id, name=row.name)
+
+
+def reset_key(conn: Connection, key_id: int, *, audit: AuditWriter) -> None:
+    updated = conn.execute(
+        keys_t.update()
+        .where(keys_t.c.id == key_id)
+        .values(cooling_until=None, cooling_reason=None, unusable_reason=None, updated_at=audit.now)
+    ).rowcount
+    if not updated:
+        raise KeyNotFound(key_id)
+    audit.record("key_reset", key_id=key_id)
+
+
+def _resize_slots(conn: Connection, key_id: int, size: int, *, now: datetime) -> None:
+    """Slots [0, size) exist. Extra slots are dropped when free; an occupied one stays until its
+    lease ends (release deletes it) and blocks new leases on the key meanwhile (see leases.py)."""
+    have = set(conn.execute(select(slots_t.c.slot).where(slots_t.c.key_id == key_id)).scalars())
+    missing = [{"key_id": key_id, "slot": s, "uses": 0} for s in range(size) if s not in have]
+    if missing:
+        conn.execute(slots_t.insert(), missing)
+    extra = (
+        conn.execute(
+            select(slots_t.c.id).where(
+                slots_t.c.key_id == key_id,
+                slots_t.c.slot >= size,
+                or_(slots_t.c.lease_id.is_(None), slots_t.c.expires_at <= now),
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if extra:
+        drop_slots(conn, key_id, extra)
+
+
+def drop_slots(conn: Connection, key_id: int, slot_ids: Sequence[int]) -> None:
+    """Delete slots, keeping their usage counters on the key."""
+    s = slots_t.c
+    uses, last = conn.execute(
+        select(func.coalesce(func.sum(s.uses), 0), func.max(s.last_acquired_at)).where(
+            s.id.in_(slot_ids)
+        )
+    ).one()
+    current = conn.execute(select(keys_t.c.last_used_at).where(keys_t.c.id == key_id)).scalar()
+    newest = max((t for t in (current, as_utc(last)) if t), default=None)
+    conn.execute(
+        keys_t.update()
+        .where(keys_t.c.id == key_id)
+        .values(uses=keys_t.c.uses + uses, last_used_at=newest)
+    )
+    conn.execute(slots_t.delete().where(s.id.in_(slot_ids)))

@@ -1,0 +1,46 @@
+"""Settings: the one place keyrelay reads its environment (KEYRELAY_*)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Validated at start. Secrets are SecretStr so they never print."""
+
+    model_config = SettingsConfigDict(env_prefix="KEYRELAY_", extra="ignore")
+
+    home: Path = Field(default=Path("~/.keyrelay"), description="state directory")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite under home")
+    master_key: SecretStr | None = Field(default=None, description="Fernet key(s), comma-separated")
+    api_token: SecretStr | None = Field(default=None, description="API bearer token(s)")
+    api_rate_limit: str = Field(default="10/minute", description="per-client limit on /keys")
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("database_url")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'keystore.db'}"
+
+    @property
+    def master_key_file(self) -> Path:
+        return self.home / "master.key"
+
+    def api_tokens(self) -> list[str]:
+        if self.api_token is None:
+            return []
+        return [t.strip() for t in self.api_token.get_secret_value().split(",") if t.strip()]

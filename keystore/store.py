@@ -1,0 +1,511 @@
+"""Keystore: the public facade over the database, the pool and the crypto.
+
+    ks = open_keystore()
+    ks.add_key(name="team-a", provider="anthropic", secret=...)
+    with ks.lease(provider="anthropic", holder="my-job") as lease:
+        client = Anthropic(api_key=lease.secret(), max_retries=0)
+
+Every method is one short transaction. Audit hooks run after commit."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import OperationalError
+
+from keystore import audit as audit_log
+from keystore import cooling, keys, leases
+from keystore.clock import Clock, utcnow
+from keystore.config import RotationConfig, load_config, save_config, updated_config
+from keystore.crypto import MasterKey
+from keystore.db import connect_read, create_keystore_engine, transaction, upgrade
+from keystore.errors import InvalidInput, LeaseLost, MasterKeyError, NoKeyAvailable
+from keystore.lease import Lease
+from keystore.migrate import migrate_env_tokens
+from keystore.models import (
+    PROVIDERS,
+    AuditEventPublic,
+    Checkpoint,
+    KeyCreate,
+    KeyPublic,
+    KeyUpdate,
+)
+from keystore.ratelimits.signal import RateLimitSignal
+from keystore.settings import Settings
+
+__all__ = [
+    "CandidatePublic",
+    "Explanation",
+    "Keystore",
+    "PoolStatus",
+    "ProviderStatus",
+    "open_keystore",
+]
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+_RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
+_CONTENDED_RETRIES = 50
+CONFIG_CACHE_S = 1.0  # how stale a worker's view of RotationConfig may be
+
+
+class ProviderStatus(BaseModel):
+    total: int
+    available: int
+    busy: int
+    cooling: int
+    disabled: int  # includes keys that are unusable (failed to decrypt, need a person)
+    earliest_reset: datetime | None
+
+
+class PoolStatus(BaseModel):
+    providers: dict[str, ProviderStatus]
+    keys: list[KeyPublic]
+
+
+class CandidatePublic(BaseModel):
+    id: int
+    eligible: bool
+    reason: str
+
+
+class Explanation(BaseModel):
+    chosen: int | None
+    candidates: list[CandidatePublic]
+
+
+def _invalid(exc: ValidationError) -> InvalidInput:
+    """Name the field and the rule, never the submitted value (it may be a secret)."""
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "input"
+    return InvalidInput(f"{field}: {first['msg']}")
+
+
+def _check_provider(provider: str) -> None:
+    if provider not in PROVIDERS:
+        raise InvalidInput(f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}")
+
+
+class Keystore:
+    def __init__(self, engine: Engine, master: MasterKey, *, clock: Clock = utcnow) -> None:
+        self.engine = engine
+        self.master = master
+        self._clock = clock
+        self._hooks: list[audit_log.AuditHook] = []
+        self._config_cache: tuple[float, RotationConfig] | None = None
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def now(self) -> datetime:
+        return self._clock()
+
+    def add_audit_hook(self, hook: audit_log.AuditHook) -> None:
+        self._hooks.append(hook)
+
+    def remove_audit_hook(self, hook: audit_log.AuditHook) -> None:
+        self._hooks.remove(hook)
+
+    def _write(self, body: Callable[[audit_log.AuditWriter], T]) -> T:
+        for attempt in range(5):
+            try:
+                with transaction(self.engine) as conn:
+                    writer = audit_log.AuditWriter(conn, self._clock())
+                    result = body(writer)
+                break
+            except OperationalError as exc:
+                retryable = (
+                    exc.connection_invalidated
+                    or getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
+                )
+                if not retryable or attempt == 4:
+                    raise
+        audit_log.fire_hooks(self._hooks, writer.written)
+        return result
+
+    def _read(self, body: Callable[[Connection], T]) -> T:
+        with connect_read(self.engine) as conn:
+            return body(conn)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- keys -----------------------------------------------------------------------------------
+    def add_key(
+        self,
+        *,
+        name: str,
+        provider: str,
+        secret: str,
+        priority: int = 100,
+        max_concurrency: int = 1,
+        enabled: bool = True,
+        group: str | None = None,
+    ) -> KeyPublic:
+        try:
+            create = KeyCreate.model_validate(
+                {
+                    "name": name,
+                    "provider": provider,
+                    "secret": secret,
+                    "priority": priority,
+                    "max_concurrency": max_concurrency,
+                    "enabled": enabled,
+                    "group": group,
+                }
+            )
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        key_id = self._write(
+            lambda w: keys.add_key(w.conn, audit=w, master=self.master, create=create)
+        )
+        return self.get_key(key_id)
+
+    def get_key(self, key_id: int) -> KeyPublic:
+        return self._read(lambda conn: keys.get_key(conn, key_id, now=self._clock()))
+
+    def list_keys(self, provider: str | None = None) -> list[KeyPublic]:
+        if provider is not None:
+            _check_provider(provider)
+        return self._read(lambda conn: keys.list_keys(conn, now=self._clock(), provider=provider))
+
+    def update_key(self, key_id: int, *, force: bool = False, **changes: Any) -> KeyPublic:
+        """Change name, priority, max_concurrency, enabled, group or secret. Refuses to disable a
+        provider's last enabled key unless `force`."""
+        try:
+            update = KeyUpdate(**changes)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        self._write(
+            lambda w: keys.update_key(
+                w.conn, key_id, audit=w, master=self.master, update=update, force=force
+            )
+        )
+        return self.get_key(key_id)
+
+    def delete_key(self, key_id: int, *, force: bool = False) -> None:
+        self._write(lambda w: keys.delete_key(w.conn, key_id, audit=w, force=force))
+
+    def reset_key(self, key_id: int) -> KeyPublic:
+        """Clear cooling and unusable marks (a person says the key works again)."""
+        self._write(lambda w: keys.reset_key(w.conn, key_id, audit=w))
+        return self.get_key(key_id)
+
+    def migrate_env_tokens(self, environ: Mapping[str, str] | None = None) -> list[KeyPublic]:
+        env = os.environ if environ is None else environ
+        ids = self._write(
+            lambda w: migrate_env_tokens(w.conn, audit=w, master=self.master, environ=env)
+        )
+        return [self.get_key(i) for i in ids]
+
+    # -- leases ---------------------------------------------------------------------------------
+    def acquire(self, *, provider: str, holder: str, ttl_s: float | None = None) -> Lease:
+        """Lease the best eligible key, or raise NoKeyAvailable(retry_at, reason)."""
+        _check_provider(provider)
+        config = self._recent_config()
+        ttl = config.lease_ttl_s if ttl_s is None else ttl_s
+        if ttl <= 0:
+            raise InvalidInput("ttl_s: must be greater than 0")
+        for _ in range(_CONTENDED_RETRIES):
+            got = self._write(
+                lambda w: leases.acquire_slot(
+                    w.conn,
+                    audit=w,
+                    provider=provider,
+                    holder=holder,
+                    ttl_s=ttl,
+                    threshold=config.proactive_threshold,
+                )
+            )
+            if got is None:
+                self._raise_exhausted(provider, config)  # returns only when a slot looked free
+                continue
+            try:
+                self.master.decrypt(got.ciphertext)
+            except MasterKeyError as exc:
+                self._mark_unusable(got, str(exc))
+                continue
+            ciphertext = got.ciphertext
+            return Lease(
+                id=got.lease_id,
+                key_id=got.key_id,
+                key_name=got.key_name,
+                provider=provider,
+                holder=holder,
+                acquired_at=got.acquired_at,
+                expires_at=got.expires_at,
+                _reveal=functools.partial(self.master.decrypt, ciphertext),
+            )
+        raise NoKeyAvailable(
+            provider,
+            reason="all_busy",
+            retry_at=self._clock(),
+            detail=["every free slot was taken by concurrent acquirers; retry"],
+        )
+
+    def _raise_exhausted(self, provider: str, config: RotationConfig) -> None:
+        now = self._clock()
+        found = self._read(
+            lambda conn: leases.candidates(
+                conn, provider=provider, now=now, threshold=config.proactive_threshold
+            )
+        )
+        if any(c.eligible for c in found):
+            return  # PostgreSQL skipped slots other transactions were taking: look again
+        usable = [c for c in found if c.state not in ("disabled", "unusable")]
+        detail = [f"key {c.id} ({c.name}): {c.reason}" for c in found]
+        if not usable:
+            raise NoKeyAvailable(provider, reason="none_enabled", retry_at=None, detail=detail)
+        times = [
+            t
+            for c in usable
+            for t in (c.cooling_until, c.next_lease_expiry)
+            if t is not None and t > now
+        ]
+        busy = any(c.state == "busy" for c in usable)
+        raise NoKeyAvailable(
+            provider,
+            reason="all_busy" if busy else "all_cooling",
+            retry_at=min(times, default=now),
+            detail=detail,
+        )
+
+    def _mark_unusable(self, got: leases.Acquired, why: str) -> None:
+        def body(w: audit_log.AuditWriter) -> None:
+            leases.release_lease(w.conn, lease_id=got.lease_id)
+            w.conn.execute(
+                keys.keys_t.update()
+                .where(keys.keys_t.c.id == got.key_id)
+                .values(unusable_reason=f"decrypt failed: {why}", updated_at=w.now)
+            )
+            w.record("key_unusable", key_id=got.key_id, reason=why)
+
+        self._write(body)
+        log.error("key %s (%s) does not decrypt and was marked unusable", got.key_id, got.key_name)
+
+    def renew(self, lease: Lease, ttl_s: float | None = None) -> Lease:
+        ttl = self._recent_config().lease_ttl_s if ttl_s is None else ttl_s
+        expires = self._write(
+            lambda w: leases.renew_lease(w.conn, lease_id=lease.id, ttl_s=ttl, now=w.now)
+        )
+        if expires is None:
+            raise LeaseLost(lease.id)
+        lease.expires_at = expires
+        return lease
+
+    def release(self, lease: Lease) -> bool:
+        """Free the lease's slot. False when it had already expired and been reclaimed."""
+        return self._write(lambda w: leases.release_lease(w.conn, lease_id=lease.id))
+
+    @contextlib.contextmanager
+    def lease(self, *, provider: str, holder: str, ttl_s: float | None = None) -> Iterator[Lease]:
+        """Acquire, renew every third of the TTL in a background thread, release in `finally`."""
+        ttl = self._recent_config().lease_ttl_s if ttl_s is None else ttl_s
+        held = self.acquire(provider=provider, holder=holder, ttl_s=ttl)
+        stop = threading.Event()
+
+        def keep_alive() -> None:
+            while not stop.wait(ttl / 3):
+                try:
+                    self.renew(held, ttl)
+                except LeaseLost:
+                    log.warning("lease %s on key %s was lost", held.id, held.key_id)
+                    return
+                except Exception:
+                    log.exception("renewing lease %s failed; will try again", held.id)
+
+        renewer = threading.Thread(
+            target=keep_alive, name=f"keyrelay-renew-{held.id[:8]}", daemon=True
+        )
+        renewer.start()
+        try:
+            yield held
+        finally:
+            stop.set()
+            renewer.join()
+            self.release(held)
+
+    def reclaim_expired(self) -> int:
+        return self._write(lambda w: leases.reclaim_expired(w.conn, audit=w))
+
+    # -- limits ---------------------------------------------------------------------------------
+    def mark_limited(
+        self, key_id: int, signal: RateLimitSignal, *, run_id: str | None = None
+    ) -> cooling.Marked:
+        cooldown = self._recent_config().no_reset_cooldown_s
+        return self._write(
+            lambda w: cooling.mark_limited(
+                w.conn, key_id, signal, audit=w, no_reset_cooldown_s=cooldown, run_id=run_id
+            )
+        )
+
+    def record_utilization(self, key_id: int, utilization: float) -> None:
+        self._write(lambda w: cooling.record_utilization(w.conn, key_id, utilization, now=w.now))
+
+    def earliest_reset(self, provider: str) -> datetime | None:
+        _check_provider(provider)
+        return self._read(lambda conn: cooling.earliest_reset(conn, provider, now=self._clock()))
+
+    def explain(self, provider: str) -> Explanation:
+        """Per key, whether it is eligible now and why; `chosen` is the key acquire would take."""
+        _check_provider(provider)
+        threshold = self._recent_config().proactive_threshold
+        found = self._read(
+            lambda conn: leases.candidates(
+                conn, provider=provider, now=self._clock(), threshold=threshold
+            )
+        )
+        chosen = next((c.id for c in found if c.eligible), None)
+        return Explanation(
+            chosen=chosen,
+            candidates=[
+                CandidatePublic(id=c.id, eligible=c.eligible, reason=c.reason) for c in found
+            ],
+        )
+
+    def status(self) -> PoolStatus:
+        now = self._clock()
+
+        def body(conn: Connection) -> PoolStatus:
+            listed = keys.list_keys(conn, now=now)
+            providers = {}
+            for provider in PROVIDERS:
+                mine = [k for k in listed if k.provider == provider]
+                count = {
+                    s: sum(1 for k in mine if k.state == s)
+                    for s in ("available", "busy", "cooling", "disabled", "unusable")
+                }
+                providers[provider] = ProviderStatus(
+                    total=len(mine),
+                    available=count["available"],
+                    busy=count["busy"],
+                    cooling=count["cooling"],
+                    disabled=count["disabled"] + count["unusable"],
+                    earliest_reset=cooling.earliest_reset(conn, provider, now=now),
+                )
+            return PoolStatus(providers=providers, keys=listed)
+
+        return self._read(body)
+
+    # -- config, audit, checkpoints, master key -------------------------------------------------
+    def config(self) -> RotationConfig:
+        """The current RotationConfig, read from the database."""
+        config = self._read(load_config)
+        self._config_cache = (time.monotonic(), config)
+        return config
+
+    def _recent_config(self) -> RotationConfig:
+        """RotationConfig at most CONFIG_CACHE_S old: the hot path does not re-read it per lease."""
+        cached = self._config_cache
+        if cached is not None and time.monotonic() - cached[0] < CONFIG_CACHE_S:
+            return cached[1]
+        return self.config()
+
+    def update_config(self, **changes: Any) -> RotationConfig:
+        def body(w: audit_log.AuditWriter) -> RotationConfig:
+            config = updated_config(load_config(w.conn), changes)
+            save_config(w.conn, config)
+            return config
+
+        config = self._write(body)
+        self._config_cache = (time.monotonic(), config)
+        return config
+
+    def record(
+        self,
+        type: audit_log.AuditType,
+        *,
+        key_id: int | None = None,
+        run_id: str | None = None,
+        **details: Any,
+    ) -> AuditEventPublic:
+        """Write an audit row (flows record rotations, waits and fallbacks through this)."""
+        return self._write(lambda w: w.record(type, key_id=key_id, run_id=run_id, **details))
+
+    def audit_events(
+        self,
+        *,
+        limit: int = 100,
+        key_id: int | None = None,
+        run_id: str | None = None,
+        type: str | None = None,
+    ) -> list[AuditEventPublic]:
+        if not 1 <= limit <= 10_000:
+            raise InvalidInput("limit: must be between 1 and 10000")
+        return self._read(
+            lambda conn: audit_log.list_events(
+                conn, limit=limit, key_id=key_id, run_id=run_id, type=type
+            )
+        )
+
+    def verify_audit(self) -> audit_log.ChainReport:
+        return self._read(audit_log.verify_chain)
+
+    def save_checkpoint(self, run_id: str, data: dict[str, Any]) -> None:
+        table = Checkpoint.__table__  # type: ignore[attr-defined]
+
+        def body(w: audit_log.AuditWriter) -> None:
+            done = w.conn.execute(
+                table.update().where(table.c.run_id == run_id).values(data=data, updated_at=w.now)
+            ).rowcount
+            if not done:
+                w.conn.execute(table.insert().values(run_id=run_id, data=data, updated_at=w.now))
+
+        self._write(body)
+
+    def load_checkpoint(self, run_id: str) -> dict[str, Any] | None:
+        table = Checkpoint.__table__  # type: ignore[attr-defined]
+        return self._read(
+            lambda conn: conn.execute(
+                select(table.c.data).where(table.c.run_id == run_id)
+            ).scalar_one_or_none()
+        )
+
+    def rotate_master_key(self) -> int:
+        """Re-encrypt every secret under the first master key (after putting a new key first:
+        the key file is rotated here; KEYRELAY_MASTER_KEY must be edited by the operator).
+        Processes still running with the old key list keep decrypting: the old key stays."""
+        if not self.master.from_environment:
+            self.master.rotate()
+        table = keys.keys_t
+
+        def body(w: audit_log.AuditWriter) -> int:
+            rows = w.conn.execute(select(table.c.id, table.c.ciphertext).with_for_update()).all()
+            for row in rows:
+                try:
+                    new = self.master.reencrypt(row.ciphertext)
+                except MasterKeyError:
+                    continue  # stays as it was; acquire marks it unusable when it comes up
+                w.conn.execute(table.update().where(table.c.id == row.id).values(ciphertext=new))
+            w.record("master_key_rotated", rows=len(rows), keys_in_use=self.master.key_count)
+            return len(rows)
+
+        return self._write(body)
+
+
+def open_keystore(
+    url: str | None = None,
+    *,
+    settings: Settings | None = None,
+    clock: Clock = utcnow,
+    master_key: MasterKey | None = None,
+    migrate: bool = True,
+) -> Keystore:
+    """Open (and by default upgrade) the keystore at `url`, else at KEYRELAY_DATABASE_URL, else
+    SQLite under KEYRELAY_HOME."""
+    settings = settings or Settings()
+    engine = create_keystore_engine(url or settings.resolved_database_url)
+    if migrate:
+        upgrade(engine)
+    if master_key is None:
+        env_value = settings.master_key.get_secret_value() if settings.master_key else None
+        master_key = MasterKey.load(env_value=env_value, key_file=settings.master_key_file)
+    return Keystore(engine, master_key, clock=clock)
