@@ -1,0 +1,112 @@
+"""One request/response exchange, as both provider front-ends handle it.
+
+Reads the credential and JSON body, derives the deterministic reply and the request's cost, and
+on the way out stamps `Date` (from the emulator's clock, so skew can be scripted) and the request
+id, then logs and counts the exchange.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastapi import Request, Response
+
+from api.emulator.headers import http_date
+from api.emulator.keys import Credential, read_credential
+from api.emulator.replies import Reply, estimate_tokens, make_reply
+from api.emulator.reports import LogEntry
+from api.emulator.state import EmulatorState
+from api.emulator.windows import Usage
+
+__all__ = ["Exchange"]
+
+Provider = Literal["anthropic", "openai"]
+_REQUEST_ID_HEADER = {"anthropic": "request-id", "openai": "x-request-id"}
+
+
+@dataclass
+class Exchange:
+    state: EmulatorState
+    request: Request
+    provider: Provider
+    now: float
+    request_id: str
+    credential: Credential | None
+    body: dict[str, Any] | None  # None when the body is not a JSON object
+    fault: str | None = None
+    reply: Reply | None = field(default=None)
+
+    @classmethod
+    async def open(cls, state: EmulatorState, request: Request, *, provider: Provider) -> Exchange:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        return cls(
+            state=state,
+            request=request,
+            provider=provider,
+            now=state.clock(),
+            request_id=state.next_request_id(),
+            credential=read_credential(
+                request.headers,
+                provider=provider,
+                oauth_token_prefixes=state.config.oauth_token_prefixes,
+            ),
+            body=body if isinstance(body, dict) else None,
+        )
+
+    @property
+    def messages(self) -> list[Any]:
+        messages = (self.body or {}).get("messages")
+        return messages if isinstance(messages, list) else []
+
+    @property
+    def stream(self) -> bool:
+        return bool((self.body or {}).get("stream"))
+
+    @property
+    def max_tokens(self) -> int | None:
+        body = self.body or {}
+        value = body.get("max_tokens", body.get("max_completion_tokens"))
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def prepare_reply(self, *, prompt_parts: dict[str, Any]) -> Usage:
+        """Build the reply and return what serving it costs (input + known output)."""
+        self.reply = make_reply(self.messages, max_tokens=self.max_tokens)
+        return Usage(
+            input_tokens=estimate_tokens(prompt_parts), output_tokens=self.reply.output_tokens
+        )
+
+    def finish(
+        self, response: Response, *, served: Usage | None = None, error_type: str | None = None
+    ) -> Response:
+        response.headers["date"] = http_date(self.now)
+        response.headers[_REQUEST_ID_HEADER[self.provider]] = self.request_id
+        body = self.body or {}
+        credential = self.credential
+        model = body.get("model")
+        entry = LogEntry(
+            at=self.now,
+            method=self.request.method,
+            path=self.request.url.path,
+            provider=self.provider,
+            key_fingerprint=credential.fingerprint if credential else None,
+            key_masked=credential.masked if credential else None,
+            auth=credential.scheme if credential else None,
+            credential_kind=credential.kind if credential else None,
+            model=model if isinstance(model, str) else None,
+            messages=len(self.messages),
+            user_turns=self.reply.user_turns if self.reply else 0,
+            stream=self.stream,
+            max_tokens=self.max_tokens,
+            status=response.status_code,
+            error_type=error_type,
+            fault=self.fault,
+            prior_digest=self.reply.prior_digest if self.reply else None,
+            last_user_text=self.reply.last_user_text if self.reply else None,
+        )
+        self.state.record(entry, credential=credential, served=served)
+        return response

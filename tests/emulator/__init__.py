@@ -1,0 +1,1 @@
+"""Test helpers for the provider emulator (fixtures live in `fixtures.py`)."""
