@@ -46,13 +46,15 @@ class Acquired:
     expires_at: datetime
 
 
-def _key_last_used() -> Any:
-    """When the key last gave out a lease: the newest use over its slots (or its folded history)."""
+def _last_use() -> Any:
+    """Per key, when it last gave out a lease (newest use over its slots): one grouped scan,
+    joined, rather than a correlated subquery per candidate slot."""
     s3 = slots_t.alias("recent")
-    newest_slot = (
-        select(func.max(s3.c.last_acquired_at)).where(s3.c.key_id == keys_t.c.id).scalar_subquery()
+    return (
+        select(s3.c.key_id, func.max(s3.c.last_acquired_at).label("at"))
+        .group_by(s3.c.key_id)
+        .subquery("last_use")
     )
-    return func.coalesce(newest_slot, keys_t.c.last_used_at)
 
 
 def _pick_slot() -> Any:
@@ -65,9 +67,12 @@ def _pick_slot() -> Any:
         .where(s2.c.key_id == k.id, s2.c.slot >= k.max_concurrency, s2.c.expires_at > now)
         .exists()
     )
+    last_use = _last_use()
     return (
         select(s.id, s.key_id, s.lease_id.label("old_lease"), s.holder.label("old_holder"))
-        .select_from(slots_t.join(keys_t, k.id == s.key_id))
+        .select_from(
+            slots_t.join(keys_t, k.id == s.key_id).outerjoin(last_use, last_use.c.key_id == k.id)
+        )
         .where(
             k.provider == bindparam("p_provider"),
             k.enabled.is_(True),
@@ -80,7 +85,7 @@ def _pick_slot() -> Any:
         .order_by(
             k.priority,
             case((k.utilization >= bindparam("p_threshold"), 1), else_=0),
-            _key_last_used().asc().nulls_first(),
+            func.coalesce(last_use.c.at, k.last_used_at).asc().nulls_first(),
             k.id,
             s.last_acquired_at.asc().nulls_first(),
             s.slot,
@@ -244,8 +249,11 @@ def candidates(
         .group_by(s.key_id)
     )
     leases = {r.key_id: r for r in conn.execute(active)}
+    last_use = _last_use()
     rows = conn.execute(
-        select(keys_t, _key_last_used().label("key_last_used")).where(k.provider == provider)
+        select(keys_t, func.coalesce(last_use.c.at, k.last_used_at).label("key_last_used"))
+        .outerjoin(last_use, last_use.c.key_id == k.id)
+        .where(k.provider == provider)
     ).all()
     result = [_candidate(r, leases.get(r.id), now=now, threshold=threshold) for r in rows]
     return sorted(result, key=lambda c: c.sort_key)

@@ -1,0 +1,44 @@
+"""The API's routes, composed in one router.
+
+Every router below keys_router serves paths under /keys. `/keys/{id}` matches integers only
+(`{id:int}`), so it never captures /keys/status, /keys/explain or /keys/config (another method
+on those is a 405, `/keys/abc` a 404); the static paths are still included first."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.routing import APIRoute
+
+from api.deps import limit_per_client, require_token
+from api.errors import error_responses
+from api.routes import audit, config, health, keys, pool
+
+__all__ = ["allowed_methods", "api_router"]
+
+keys_router = APIRouter(
+    tags=["keys"],
+    # The limit runs first, so failed authentication attempts count against it.
+    dependencies=[Depends(limit_per_client), Depends(require_token)],
+    responses=error_responses(401, 429, 500),
+)
+keys_router.include_router(pool.router)
+keys_router.include_router(config.router)
+keys_router.include_router(keys.router)  # /keys/{id} last
+
+api_router = APIRouter()
+api_router.include_router(health.router)
+api_router.include_router(keys_router)
+api_router.include_router(
+    audit.router, dependencies=[Depends(require_token)], responses=error_responses(401, 500)
+)
+
+
+def allowed_methods(path: str) -> set[str]:
+    """Every method some route serves at `path` (for the `Allow` header of a 405)."""
+    return {
+        method
+        for router in (health.router, pool.router, config.router, keys.router, audit.router)
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.path_regex.match(path)
+        for method in route.methods
+    }
