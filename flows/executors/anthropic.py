@@ -1,0 +1,166 @@
+"""The `anthropic` agent: one Messages API call per turn with the official async SDK.
+
+The client is built per turn from the lease (it holds the secret), with `max_retries=0` (the SDK
+would otherwise retry 429s and sleep for `retry-after` behind keyrelay's back) and closed after
+the turn. Headers are read from the raw response, so utilization is known on success and the
+limit signal on failure. With `stream=True` the reply is streamed (needed for very large
+`max_tokens`); a stream that breaks off with `event: error` is classified like a status error.
+
+Base URL: the `base_url` option, else `ANTHROPIC_BASE_URL`, else the SDK's default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import anthropic
+import anyio
+from anthropic.types import Message, MessageParam
+
+from flows.executors.base import TurnOutcome, TurnResult, check_prompt
+from flows.executors.conversation import conversation_from, extended
+from flows.executors.errors import ExecutorError
+from flows.executors.http_failures import connection_failure, error_body, status_failure
+from flows.executors.redact import Redactor
+from keystore.clock import Clock, utcnow
+from keystore.errors import InvalidInput
+from keystore.lease import Lease
+from keystore.ratelimits import RateLimitSignal, parse_utilization
+
+__all__ = ["DEFAULT_ANTHROPIC_MODEL", "AnthropicExecutor"]
+
+DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5-5"
+
+
+@dataclass(frozen=True)
+class _Reply:
+    message: Message
+    headers: Mapping[str, str]
+
+
+class AnthropicExecutor:
+    agent = "anthropic"
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        default_model: str = DEFAULT_ANTHROPIC_MODEL,
+        max_tokens: int = 4096,
+        system: str | None = None,
+        stream: bool = False,
+        timeout_s: float = 600.0,
+        clock: Clock = utcnow,
+    ) -> None:
+        if max_tokens < 1:
+            raise InvalidInput("max_tokens: must be at least 1")
+        if timeout_s <= 0:
+            raise InvalidInput("timeout_s: must be greater than 0")
+        self.base_url = base_url
+        self.default_model = default_model
+        self.max_tokens = max_tokens
+        self.system = system
+        self.stream = stream
+        self.timeout_s = timeout_s
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"AnthropicExecutor(base_url={self._base_url()!r}, stream={self.stream})"
+
+    def _base_url(self) -> str | None:
+        return self.base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+
+    async def run_turn(
+        self,
+        lease: Lease,
+        *,
+        prompt: str,
+        model: str | None,
+        checkpoint: dict[str, Any] | None,
+    ) -> TurnOutcome:
+        check_prompt(prompt)
+        history = conversation_from(checkpoint)
+        messages = [*history, {"role": "user", "content": prompt}]
+        secret = lease.secret()
+        redactor = Redactor(secret)
+        outcome = await self._call(
+            secret,
+            model=model or self.default_model,
+            messages=messages,
+            lease=lease,
+            redactor=redactor,
+        )
+        if isinstance(outcome, ExecutorError):
+            raise outcome  # outside `except`: the SDK exception (and its request) stays behind
+        if isinstance(outcome, RateLimitSignal):
+            return outcome
+        message = outcome.message
+        text = redactor.text(
+            "".join(block.text for block in message.content if block.type == "text")
+        )
+        return TurnResult(
+            text=text,
+            checkpoint=redactor.value(extended(history, prompt=prompt, reply=text)),
+            utilization=parse_utilization("anthropic", headers=outcome.headers),
+            usage={
+                "input_tokens": message.usage.input_tokens,
+                "output_tokens": message.usage.output_tokens,
+            },
+        )
+
+    async def _call(
+        self,
+        secret: str,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        lease: Lease,
+        redactor: Redactor,
+    ) -> _Reply | RateLimitSignal | ExecutorError:
+        params = cast(Iterable[MessageParam], messages)
+        system: str | anthropic.Omit = self.system if self.system is not None else anthropic.omit
+        async with anthropic.AsyncAnthropic(
+            api_key=secret, base_url=self._base_url(), max_retries=0, timeout=self.timeout_s
+        ) as client:
+            try:
+                with anyio.fail_after(self.timeout_s):  # the SDK's timeout is per read
+                    if self.stream:
+                        async with client.messages.stream(
+                            model=model, max_tokens=self.max_tokens, messages=params, system=system
+                        ) as stream:
+                            message = await stream.get_final_message()
+                            return _Reply(message, stream.response.headers)
+                    raw = await client.messages.with_raw_response.create(
+                        model=model, max_tokens=self.max_tokens, messages=params, system=system
+                    )
+                    return _Reply(await raw.parse(), raw.headers)
+            except anthropic.APIStatusError as exc:
+                return status_failure(
+                    "anthropic",
+                    status=exc.status_code,
+                    headers=exc.response.headers,
+                    body=error_body(status=exc.status_code, response=exc.response, parsed=exc.body),
+                    received_at=self._clock(),
+                    key_id=lease.key_id,
+                    request_id=exc.request_id,
+                    redactor=redactor,
+                )
+            except TimeoutError:
+                return connection_failure(
+                    "anthropic",
+                    timed_out=True,
+                    detail=f"no complete answer within {self.timeout_s:g} s",
+                    key_id=lease.key_id,
+                    redactor=redactor,
+                )
+            except anthropic.APIConnectionError as exc:  # APITimeoutError is a subclass
+                return connection_failure(
+                    "anthropic",
+                    timed_out=isinstance(exc, anthropic.APITimeoutError),
+                    detail=str(exc),
+                    key_id=lease.key_id,
+                    redactor=redactor,
+                )

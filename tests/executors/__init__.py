@@ -1,0 +1,1 @@
+"""Helpers for the executor tests (fixtures live in `fixtures.py`)."""
