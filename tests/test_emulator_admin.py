@@ -164,3 +164,26 @@ def test_python_dash_m_serves_a_config_file(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.communicate(timeout=10)
+
+
+def test_reply_delay_makes_concurrent_calls_overlap(live_emulator: RunningEmulator) -> None:
+    admin = live_emulator.admin
+    admin.reset(restore_config=True)
+    admin.set_reply_delay(0.3)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            statuses = list(
+                pool.map(
+                    lambda k: call(live_emulator.base_url, k),
+                    [f"sk-delay-{i}-aaaaaaaaaaaa" for i in range(3)],
+                )
+            )
+    finally:
+        admin.set_reply_delay(0)
+    assert statuses == [200, 200, 200]
+    entries = admin.log()
+    assert len(entries) == 3
+    for entry in entries:
+        assert entry.answered_at is not None and entry.answered_at - entry.at >= 0.3
+    # all three were in flight at once: each arrived before any was answered
+    assert max(e.at for e in entries) < min(e.answered_at or 0 for e in entries)

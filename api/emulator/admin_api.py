@@ -24,6 +24,10 @@ class FaultsUpdate(BaseModel):
     faults: list[FaultRule] = Field(default_factory=list)
 
 
+class ReplyDelayUpdate(BaseModel):
+    seconds: float = Field(ge=0, le=60)
+
+
 class ResetRequest(BaseModel):
     restore_config: bool = False  # also drop runtime changes of limits/faults
 
@@ -73,6 +77,12 @@ def admin_router(state: EmulatorState) -> APIRouter:
     def set_faults(update: FaultsUpdate) -> dict[str, Any]:
         """Replace all scripted faults (their `times` counters start afresh)."""
         state.set_faults(update.faults)
+        return get_config()
+
+    @router.post("/reply-delay")
+    def set_reply_delay(update: ReplyDelayUpdate) -> dict[str, Any]:
+        """Make every answer wait `seconds` (real time) from now on."""
+        state.set_reply_delay(update.seconds)
         return get_config()
 
     @router.post("/reset")

@@ -93,5 +93,8 @@ class EmulatorAdmin:
             "/faults", {"faults": [f.model_dump(mode="json", exclude_none=True) for f in faults]}
         )
 
+    def set_reply_delay(self, seconds: float) -> None:
+        self._post("/reply-delay", {"seconds": seconds})
+
     def reset(self, *, restore_config: bool = False) -> None:
         self._post("/reset", {"restore_config": restore_config})

@@ -130,3 +130,5 @@ class EmulatorConfig(_Strict):
     oauth_token_prefixes: list[str] = Field(default_factory=lambda: ["sk-ant-oat"])
     # The request log keeps this many entries (oldest dropped first).
     log_capacity: int = Field(default=10_000, ge=1)
+    # Every answer waits this long (real time), so concurrent callers overlap measurably.
+    reply_delay_s: float = Field(default=0.0, ge=0, le=60)

@@ -7,6 +7,7 @@ id, then logs and counts the exchange.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -44,11 +45,14 @@ class Exchange:
             body = json.loads(await request.body())
         except ValueError:
             body = None
+        now = state.clock()
+        if state.config.reply_delay_s:
+            await asyncio.sleep(state.config.reply_delay_s)
         return cls(
             state=state,
             request=request,
             provider=provider,
-            now=state.clock(),
+            now=now,
             request_id=state.next_request_id(),
             credential=read_credential(
                 request.headers,
@@ -90,6 +94,7 @@ class Exchange:
         model = body.get("model")
         entry = LogEntry(
             at=self.now,
+            answered_at=self.state.clock(),
             method=self.request.method,
             path=self.request.url.path,
             provider=self.provider,

@@ -47,7 +47,8 @@ class BucketReport(BaseModel):
 
 
 class LogEntry(BaseModel):
-    at: float
+    at: float  # when the request arrived
+    answered_at: float | None = None  # when its answer was ready (after any reply delay)
     method: str
     path: str
     provider: str

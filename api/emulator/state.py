@@ -52,6 +52,10 @@ class EmulatorState:
         with self._lock:
             self.config.limits, self.config.ip_limit = list(limits), ip_limit
 
+    def set_reply_delay(self, seconds: float) -> None:
+        with self._lock:
+            self.config.reply_delay_s = seconds
+
     def set_faults(self, faults: list[FaultRule]) -> None:
         with self._lock:
             self.config.faults = list(faults)
