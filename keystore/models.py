@@ -29,6 +29,7 @@ __all__ = [
     "KeyUpdate",
     "LeaseSlot",
     "Provider",
+    "RunWait",
 ]
 
 Provider = Literal["claude-code", "anthropic", "openai"]
@@ -180,3 +181,17 @@ class Checkpoint(SQLModel, table=True):
     run_id: str = Field(primary_key=True, sa_type=String(200))
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class RunWait(SQLModel, table=True):
+    """A deferred run waiting for a provider's keys to reset (orders resumptions: first come,
+    first served)."""
+
+    __tablename__ = "run_waits"
+    __table_args__ = (Index("ix_run_waits_provider_resume", "provider", "resume_at"),)
+
+    run_id: str = Field(primary_key=True, sa_type=String(200))
+    provider: str = Field(sa_type=String(32))
+    waiting_since: datetime = Field(sa_type=UTCDateTime)
+    reset_at: datetime = Field(sa_type=UTCDateTime)
+    resume_at: datetime = Field(sa_type=UTCDateTime)

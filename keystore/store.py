@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import OperationalError
 
 from keystore import audit as audit_log
-from keystore import cooling, keys, leases
+from keystore import cooling, keys, leases, waits
 from keystore.clock import Clock, utcnow
 from keystore.config import RotationConfig, load_config, save_config, updated_config
 from keystore.crypto import MasterKey
@@ -468,6 +468,25 @@ class Keystore:
                 select(table.c.data).where(table.c.run_id == run_id)
             ).scalar_one_or_none()
         )
+
+    def register_wait(self, *, run_id: str, provider: str, reset_at: datetime) -> datetime:
+        """Queue a deferred run for `provider`'s reset; returns its staggered resume time."""
+        _check_provider(provider)
+        stagger = self._recent_config().resume_stagger_s
+        return self._write(
+            lambda w: waits.register_wait(
+                w.conn,
+                run_id=run_id,
+                provider=provider,
+                reset_at=reset_at,
+                now=w.now,
+                stagger_s=stagger,
+            )
+        )
+
+    def clear_wait(self, run_id: str) -> datetime | None:
+        """The run resumed (or gave up): forget its wait. Returns when it was due."""
+        return self._write(lambda w: waits.clear_wait(w.conn, run_id))
 
     def rotate_master_key(self) -> int:
         """Re-encrypt every secret under the first master key (after putting a new key first:

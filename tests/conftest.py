@@ -25,7 +25,7 @@ PG_URL = os.environ.get(
 )
 REQUIRE_PG = os.environ.get("KEYRELAY_REQUIRE_POSTGRES") == "1"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-TABLES = ("lease_slots", "keys", "audit_events", "rotation_config", "checkpoints")
+TABLES = ("lease_slots", "keys", "audit_events", "rotation_config", "checkpoints", "run_waits")
 
 
 def _pg_available() -> str | None:

@@ -10,9 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from keystore import DuplicateKey, InvalidInput, Keystore, NoKeyAvailable, RateLimitSignal
-from tests.conftest import T0, secret_for
-
-TABLES = ("keys", "lease_slots", "audit_events", "rotation_config", "checkpoints")
+from tests.conftest import T0, TABLES, secret_for
 
 
 def test_no_secret_anywhere(ks: Keystore, caplog: pytest.LogCaptureFixture) -> None:
