@@ -30,6 +30,7 @@ __all__ = [
     "earliest_reset",
     "mark_limited",
     "record_utilization",
+    "set_unusable",
 ]
 
 IP_WIDE_GROUPS = 3
@@ -175,6 +176,19 @@ def _cool_ip_wide(conn: Connection, provider: str, *, now: datetime, cooldown_s:
         ).scalars()
     )
     return Marked(ids, until, "ip")
+
+
+def set_unusable(
+    conn: Connection, key_id: int, *, reason: str, audit: AuditWriter, run_id: str | None = None
+) -> None:
+    updated = conn.execute(
+        keys_t.update()
+        .where(keys_t.c.id == key_id)
+        .values(unusable_reason=reason, updated_at=audit.now)
+    ).rowcount
+    if not updated:
+        raise KeyNotFound(key_id)
+    audit.record("key_unusable", key_id=key_id, run_id=run_id, reason=reason)
 
 
 def record_utilization(conn: Connection, key_id: int, utilization: float, *, now: datetime) -> None:

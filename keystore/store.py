@@ -46,6 +46,7 @@ from keystore.settings import Settings
 __all__ = [
     "CandidatePublic",
     "Explanation",
+    "KeepAlive",
     "Keystore",
     "PoolStatus",
     "ProviderStatus",
@@ -281,12 +282,7 @@ class Keystore:
     def _mark_unusable(self, got: leases.Acquired, why: str) -> None:
         def body(w: audit_log.AuditWriter) -> None:
             leases.release_lease(w.conn, lease_id=got.lease_id)
-            w.conn.execute(
-                keys.keys_t.update()
-                .where(keys.keys_t.c.id == got.key_id)
-                .values(unusable_reason=f"decrypt failed: {why}", updated_at=w.now)
-            )
-            w.record("key_unusable", key_id=got.key_id, reason=why)
+            cooling.set_unusable(w.conn, got.key_id, reason=f"decrypt failed: {why}", audit=w)
 
         self._write(body)
         log.error("key %s (%s) does not decrypt and was marked unusable", got.key_id, got.key_name)
@@ -310,28 +306,17 @@ class Keystore:
         """Acquire, renew every third of the TTL in a background thread, release in `finally`."""
         ttl = self._recent_config().lease_ttl_s if ttl_s is None else ttl_s
         held = self.acquire(provider=provider, holder=holder, ttl_s=ttl)
-        stop = threading.Event()
-
-        def keep_alive() -> None:
-            while not stop.wait(ttl / 3):
-                try:
-                    self.renew(held, ttl)
-                except LeaseLost:
-                    log.warning("lease %s on key %s was lost", held.id, held.key_id)
-                    return
-                except Exception:
-                    log.exception("renewing lease %s failed; will try again", held.id)
-
-        renewer = threading.Thread(
-            target=keep_alive, name=f"keyrelay-renew-{held.id[:8]}", daemon=True
-        )
-        renewer.start()
+        keeper = self.keep_alive(held, ttl_s=ttl)
         try:
             yield held
         finally:
-            stop.set()
-            renewer.join()
+            keeper.stop()
             self.release(held)
+
+    def keep_alive(self, lease: Lease, *, ttl_s: float | None = None) -> KeepAlive:
+        """Renew `lease` every third of its TTL until `.stop()` (or until it is lost)."""
+        ttl = self._recent_config().lease_ttl_s if ttl_s is None else ttl_s
+        return KeepAlive(self, lease, ttl_s=ttl)
 
     def reclaim_expired(self) -> int:
         return self._write(lambda w: leases.reclaim_expired(w.conn, audit=w))
@@ -345,6 +330,12 @@ class Keystore:
             lambda w: cooling.mark_limited(
                 w.conn, key_id, signal, audit=w, no_reset_cooldown_s=cooldown, run_id=run_id
             )
+        )
+
+    def mark_unusable(self, key_id: int, reason: str, *, run_id: str | None = None) -> None:
+        """Take a key out of the pool until a person resets it (e.g. the provider rejected it)."""
+        self._write(
+            lambda w: cooling.set_unusable(w.conn, key_id, reason=reason, audit=w, run_id=run_id)
         )
 
     def record_utilization(self, key_id: int, utilization: float) -> None:
@@ -508,6 +499,35 @@ class Keystore:
             return len(rows)
 
         return self._write(body)
+
+
+class KeepAlive:
+    """A daemon thread renewing one lease at a third of its TTL. Failures to reach the database
+    are retried at the next tick; a lost lease (expired and reclaimed) ends the thread."""
+
+    def __init__(self, store: Keystore, lease: Lease, *, ttl_s: float) -> None:
+        self.lost = False
+        self._store, self._lease, self._ttl_s = store, lease, ttl_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"keyrelay-renew-{lease.id[:8]}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._ttl_s / 3):
+            try:
+                self._store.renew(self._lease, self._ttl_s)
+            except LeaseLost:
+                self.lost = True
+                log.warning("lease %s on key %s was lost", self._lease.id, self._lease.key_id)
+                return
+            except Exception:
+                log.exception("renewing lease %s failed; will try again", self._lease.id)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def open_keystore(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -198,3 +199,29 @@ def test_status_counts_per_provider(ks: Keystore) -> None:
     assert status.providers["openai"].available == 1
     assert status.providers["claude-code"].total == 0
     assert len(status.keys) == 4
+
+
+def test_keep_alive_renews_until_stopped(ks: Keystore, clock: ManualClock) -> None:
+    _add(ks, "k")
+    lease = ks.acquire(provider="anthropic", holder="t", ttl_s=0.6)
+    first_expiry = lease.expires_at
+    clock.advance(0.5)  # frozen otherwise: a renewal moves the expiry only if time moved
+    keeper = ks.keep_alive(lease, ttl_s=0.6)
+    try:
+        deadline = time.monotonic() + 5
+        while lease.expires_at == first_expiry:
+            assert time.monotonic() < deadline, "never renewed"
+            time.sleep(0.05)
+    finally:
+        keeper.stop()
+    assert not keeper.lost
+    assert lease.expires_at == T0 + timedelta(seconds=1.1)
+
+
+def test_mark_unusable_takes_key_out_until_reset(ks: Keystore) -> None:
+    bad = _add(ks, "bad", priority=1)
+    good = _add(ks, "good", priority=2)
+    ks.mark_unusable(bad, "provider rejected the key (401)", run_id="r1")
+    assert ks.acquire(provider="anthropic", holder="t").key_id == good
+    assert ks.get_key(bad).state == "unusable"
+    assert [(e.key_id, e.run_id) for e in ks.audit_events(type="key_unusable")] == [(bad, "r1")]
