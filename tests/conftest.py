@@ -8,6 +8,7 @@ a failure."""
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,6 +20,14 @@ from sqlalchemy import create_engine, text
 
 from keystore import Keystore, ManualClock, MasterKey
 from keystore.db import create_keystore_engine, upgrade
+
+# Prefect reads its settings when first imported: keep the test session's state in a temporary
+# home, never in ~/.prefect, and let events reach the server quickly.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="keyrelay-test-prefect-")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL", "0.5")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
 PG_URL = os.environ.get(
     "KEYRELAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

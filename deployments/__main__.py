@@ -1,0 +1,3 @@
+from deployments.serve import main
+
+main()

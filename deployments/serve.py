@@ -1,0 +1,49 @@
+"""Serve the `agent-run` deployment in the foreground: each flow run in its own child process,
+until SIGTERM or Ctrl-C.
+
+    python -m deployments.serve [--name default] [--limit 4]
+    prefect deployment run 'agent-run/default' --param prompt="..." --param agent=anthropic
+
+Polls every second and starts runs `prefetch` seconds before their scheduled time, so a run
+deferred to a rate-limit reset is running again within about a second of it (a new process takes
+2-4 s to start here; without prefetch the run would start that late)."""
+
+from __future__ import annotations
+
+import argparse
+
+from prefect import serve
+
+from flows.agent_run import agent_run
+
+__all__ = ["DEPLOYMENT_NAME", "build_deployment", "main"]
+
+DEPLOYMENT_NAME = "default"
+QUERY_SECONDS = 1
+PREFETCH_SECONDS = 8
+
+
+def build_deployment(name: str = DEPLOYMENT_NAME):  # type: ignore[no-untyped-def]
+    return agent_run.to_deployment(
+        name=name,
+        tags=["keyrelay"],
+        description="LLM agent runs that rotate keys on rate limits and wait for resets.",
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m deployments.serve", description=__doc__)
+    parser.add_argument("--name", default=DEPLOYMENT_NAME, help="deployment name")
+    parser.add_argument("--limit", type=int, default=4, help="flow runs at once")
+    args = parser.parse_args(argv)
+    serve(
+        build_deployment(args.name),
+        limit=args.limit,
+        query_seconds=QUERY_SECONDS,
+        prefetch_seconds=PREFETCH_SECONDS,
+        pause_on_shutdown=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

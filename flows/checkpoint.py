@@ -1,0 +1,79 @@
+"""What a resumed run needs, kept in the keystore database (so any worker can resume it).
+
+A run's conversation is a list of turns (provider-neutral: prompt and reply) plus, per agent,
+the executor's own state (an SDK message list, or the `claude` CLI session transcript) and how
+many turns that state includes. When a run switches provider (fallback) the agent that comes
+back is caught up from the neutral history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from keystore import Keystore
+
+__all__ = ["RunCheckpoint", "TurnRecord", "load_checkpoint", "save_checkpoint"]
+
+HTTP_AGENTS = ("anthropic", "openai")
+
+
+class TurnRecord(BaseModel):
+    turn: int
+    agent: str
+    key_id: int
+    key_name: str
+    prompt: str
+    text: str
+    usage: dict[str, int] = Field(default_factory=dict)
+
+
+class RunCheckpoint(BaseModel):
+    turns: list[TurnRecord] = Field(default_factory=list)
+    states: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    synced: dict[str, int] = Field(default_factory=dict)  # agent -> turns its state includes
+    on_fallback: bool = False
+
+    @property
+    def turns_done(self) -> int:
+        return len(self.turns)
+
+    def executor_input(self, agent: str, prompt: str) -> tuple[dict[str, Any] | None, str]:
+        """The checkpoint to hand `agent`'s executor, and the prompt to send (with the turns it
+        missed while another provider served the run, when it cannot be given them otherwise)."""
+        seen = self.synced.get(agent, 0)
+        if seen == self.turns_done:
+            return self.states.get(agent), prompt
+        if agent in HTTP_AGENTS:
+            messages: list[dict[str, str]] = []
+            for turn in self.turns:
+                messages += [
+                    {"role": "user", "content": turn.prompt},
+                    {"role": "assistant", "content": turn.text},
+                ]
+            return {"messages": messages}, prompt
+        missed = "\n\n".join(f"User: {t.prompt}\nAssistant: {t.text}" for t in self.turns[seen:])
+        preface = (
+            "These turns of our conversation happened while you were unavailable:\n\n"
+            f"{missed}\n\nContinue from there.\n\n"
+        )
+        return self.states.get(agent), preface + prompt
+
+    def with_turn(self, record: TurnRecord, state: dict[str, Any]) -> RunCheckpoint:
+        turns = [*self.turns, record]
+        return self.model_copy(
+            update={
+                "turns": turns,
+                "states": {**self.states, record.agent: state},
+                "synced": {**self.synced, record.agent: len(turns)},
+            }
+        )
+
+
+def load_checkpoint(store: Keystore, run_id: str) -> RunCheckpoint:
+    data = store.load_checkpoint(run_id)
+    return RunCheckpoint.model_validate(data) if data else RunCheckpoint()
+
+
+def save_checkpoint(store: Keystore, run_id: str, checkpoint: RunCheckpoint) -> None:
+    store.save_checkpoint(run_id, checkpoint.model_dump(mode="json"))

@@ -1,0 +1,61 @@
+"""Give the worker back: the running flow run reschedules itself for the reset and exits.
+
+The one module that leans on Prefect internals (verified on Prefect 3.9.1, pinned to <3.10; the
+tests in tests/flows/test_deferral.py fail loudly if an upgrade changes any of this):
+
+1. Clear the run's `infrastructure_pid` with a raw PATCH. A process worker sets it; left set, a
+   later cancel of the waiting run is accepted as Cancelling and sticks there (until the server's
+   cancellation timeout, or forever on an ephemeral server). `client.update_flow_run(...,
+   infrastructure_pid=None)` silently sends nothing, hence the raw request.
+2. Propose `Scheduled(name="AwaitingRateLimit", scheduled_time=..., message=...)` for the run
+   itself. The server accepts Running -> Scheduled; each resumption increments `run_count`.
+3. Raise `prefect.exceptions.Pause`: the engine keeps the state we set and exits its process with
+   code 0, so `serve()` / the worker see no crash and pick the same run up at the scheduled time.
+   (Returning would overwrite the state with Completed, raising with Failed, SystemExit with
+   Crashed.) The engine logs "Finished in state AwaitingRateLimit" at ERROR level: cosmetic.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import NoReturn
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.exceptions import Pause
+from prefect.states import Scheduled
+from prefect.utilities.engine import propose_state
+
+from keystore import KeyrelayError
+
+__all__ = ["AWAITING_RATE_LIMIT", "DeferralRejected", "defer_flow_run"]
+
+AWAITING_RATE_LIMIT = "AwaitingRateLimit"
+
+
+class DeferralRejected(KeyrelayError):
+    """The server did not accept the Scheduled state (the run stays where it was)."""
+
+
+async def defer_flow_run(flow_run_id: UUID, *, until: datetime, message: str) -> NoReturn:
+    """Reschedule the current flow run to `until` and leave the engine. Never returns.
+
+    Call it from the flow body (not from a task), and only for a run that a deployment's
+    `serve()` process or worker will pick up again."""
+    if until.tzinfo is None:
+        raise ValueError("until must be timezone-aware")
+    async with get_client() as client:
+        await client.request(
+            "PATCH",
+            "/flow_runs/{id}",
+            path_params={"id": flow_run_id},
+            json={"infrastructure_pid": None},
+        )
+        state = await propose_state(
+            client,
+            Scheduled(scheduled_time=until, name=AWAITING_RATE_LIMIT, message=message),
+            flow_run_id=flow_run_id,
+        )
+    if not state.is_scheduled():
+        raise DeferralRejected(f"the server kept the run {state.type.value}: {state.message}")
+    raise Pause(state=state)

@@ -1,0 +1,39 @@
+"""`leased_key`: hold one key of a provider for the length of an async block.
+
+    async with leased_key("anthropic", holder="my-job") as lease:
+        client = AsyncAnthropic(api_key=lease.secret(), max_retries=0)
+
+Leases inside the block (never pass a secret as a Prefect parameter or task input), renews at a
+third of the TTL while the block runs, and releases in `finally`, also on cancellation."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import anyio.to_thread
+
+from flows.runtime import flow_keystore
+from keystore import Keystore, Lease
+
+__all__ = ["leased_key"]
+
+
+@asynccontextmanager
+async def leased_key(
+    provider: str, *, holder: str, ttl_s: float | None = None, store: Keystore | None = None
+) -> AsyncIterator[Lease]:
+    """Raises keystore.NoKeyAvailable when no key can be leased now."""
+    store = store or flow_keystore()
+    lease = await anyio.to_thread.run_sync(
+        functools.partial(store.acquire, provider=provider, holder=holder, ttl_s=ttl_s)
+    )
+    keeper = store.keep_alive(lease, ttl_s=ttl_s)
+    try:
+        yield lease
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(keeper.stop)
+            await anyio.to_thread.run_sync(store.release, lease)

@@ -1,0 +1,153 @@
+"""Every key spent: the run gives its worker back, waits as Scheduled/AwaitingRateLimit and is
+picked up again by a real `serve()` process at the reset, without redoing finished turns.
+
+These tests pin the Prefect 3.9 behaviour flows/deferral.py relies on: if an upgrade changes it
+(the server refusing Running -> Scheduled, Pause ending the run differently, a cancelled waiting
+run sticking in Cancelling), they fail here."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import anyio
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.deployments import run_deployment
+
+from api.emulator import LimitRule
+from tests.flows.support import FlowEnv, ServeProcess, add_key
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+WINDOW_S = 20.0
+
+
+async def _wait_for(run_id: UUID, done: Any, timeout_s: float, what: str) -> FlowRun:
+    deadline = time.monotonic() + timeout_s
+    async with get_client() as client:
+        while True:
+            run = await client.read_flow_run(run_id)
+            if done(run):
+                return run
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: run is {run.state_type} {run.state_name}")
+            await anyio.sleep(0.2)
+
+
+def _deferred(run: FlowRun) -> bool:
+    return run.state_type == StateType.SCHEDULED and run.state_name == "AwaitingRateLimit"
+
+
+def _final(run: FlowRun) -> bool:
+    return run.state is not None and run.state.is_final()
+
+
+def _two_spent_keys(flow_env: FlowEnv) -> tuple[int, int]:
+    a = add_key(flow_env, "a", priority=1)
+    b = add_key(flow_env, "b", priority=2)
+    flow_env.store.update_config(inline_wait_max_s=2)
+    flow_env.emulator.admin.set_limits(
+        [LimitRule(key_prefix="sk-ant-api03-", requests=1, window_s=WINDOW_S)]
+    )
+    return a, b
+
+
+async def test_spent_pool_defers_then_resumes_at_the_reset(
+    flow_env: FlowEnv, server_process: ServeProcess
+) -> None:
+    a, b = _two_spent_keys(flow_env)
+    run = await run_deployment(
+        "agent-run/default",
+        timeout=0,
+        parameters={
+            "prompt": "first",
+            "agent": "anthropic",
+            "steps": 3,
+            "followups": ["second", "third"],
+        },
+    )
+    deferred = await _wait_for(run.id, _deferred, 60, "never deferred")
+
+    # turn 1 on a, turn 2 rotated to b, turn 3 found both cooling until a's reset
+    reset_a = flow_env.store.get_key(a).cooling_until
+    assert reset_a is not None
+    assert deferred.next_scheduled_start_time is not None
+    assert abs((deferred.next_scheduled_start_time - reset_a).total_seconds()) < 1.0
+    assert deferred.infrastructure_pid is None  # nothing holds it; cancel would not stick
+    assert deferred.state is not None and "Waiting for a anthropic key" in (
+        deferred.state.message or ""
+    )
+    assert [e.status for e in flow_env.emulator.admin.log()] == [200, 429, 200, 429]
+
+    finished = await _wait_for(run.id, _final, WINDOW_S + 60, "never finished")
+    assert finished.state_type == StateType.COMPLETED, server_process.output()
+    assert finished.run_count == 2
+    log = flow_env.emulator.admin.log()
+    # finished turns were not run again; turn 3 went to a after its reset, same conversation
+    assert [e.status for e in log] == [200, 429, 200, 429, 200]
+    assert [e.user_turns for e in log] == [1, 2, 2, 3, 3]
+    assert log[-1].last_user_text == "third"
+    assert log[-1].at >= reset_a.timestamp()
+    resumed = flow_env.store.audit_events(type="pool_resumed")[0]
+    lateness_s = resumed.details["lateness_s"]
+    assert -0.5 <= lateness_s < 2.0, f"resumed {lateness_s} s after the reset"
+    async with get_client() as client:
+        states = await client.read_flow_run_states(run.id)
+    running = [s.timestamp for s in states if s.type == StateType.RUNNING]
+    assert len(running) == 2
+    assert (running[1] - reset_a).total_seconds() < 2.0
+    waiting = flow_env.store.audit_events(type="pool_waiting")
+    assert [e.run_id for e in waiting] == [str(run.id)]
+    assert {e.key_id for e in flow_env.store.audit_events(type="key_rotated")} == {b}
+
+
+async def test_a_waiting_run_can_be_cancelled(
+    flow_env: FlowEnv, server_process: ServeProcess
+) -> None:
+    _two_spent_keys(flow_env)
+    run = await run_deployment(
+        "agent-run/default",
+        timeout=0,
+        parameters={"prompt": "first", "agent": "anthropic", "steps": 3},
+    )
+    await _wait_for(run.id, _deferred, 60, "never deferred")
+    async with get_client() as client:
+        from prefect.states import Cancelling
+
+        await client.set_flow_run_state(run.id, Cancelling(message="user cancelled"))
+    cancelled = await _wait_for(run.id, _final, 10, "not cancelled")
+    assert cancelled.state_type == StateType.CANCELLED
+    await anyio.sleep(WINDOW_S - 5)  # past the reset: nobody resumed it
+    again = await _wait_for(run.id, _final, 5, "?")
+    assert again.state_type == StateType.CANCELLED and again.run_count == 1
+
+
+async def test_serve_process_is_free_while_a_run_waits(
+    flow_env: FlowEnv, server_process: ServeProcess
+) -> None:
+    _two_spent_keys(flow_env)
+    add_key(flow_env, "o", provider="openai")
+    waiting = await run_deployment(
+        "agent-run/default",
+        timeout=0,
+        parameters={"prompt": "first", "agent": "anthropic", "steps": 3},
+    )
+    await _wait_for(waiting.id, _deferred, 60, "never deferred")
+    # serve runs --limit 2: two more runs complete while the first one waits
+    others = [
+        await run_deployment(
+            "agent-run/default", timeout=0, parameters={"prompt": f"other {i}", "agent": "openai"}
+        )
+        for i in range(2)
+    ]
+    for other in others:
+        done = await _wait_for(other.id, _final, 60, "other run never finished")
+        assert done.state_type == StateType.COMPLETED
+    still = await _wait_for(waiting.id, lambda r: True, 1, "?")
+    assert _deferred(still) or still.state_type in (StateType.PENDING, StateType.RUNNING)
+    assert datetime.now(UTC) < (still.next_scheduled_start_time or datetime.now(UTC)) + timedelta(
+        seconds=WINDOW_S
+    )
