@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
 
 from flows.agent_run import agent_run
 
@@ -23,12 +24,14 @@ QUERY_SECONDS = 1
 PREFETCH_SECONDS = 8
 
 
-def build_deployment(name: str = DEPLOYMENT_NAME):  # type: ignore[no-untyped-def]
-    return agent_run.to_deployment(
+def build_deployment(name: str = DEPLOYMENT_NAME) -> RunnerDeployment:
+    deployment = agent_run.to_deployment(
         name=name,
         tags=["keyrelay"],
         description="LLM agent runs that rotate keys on rate limits and wait for resets.",
     )
+    assert isinstance(deployment, RunnerDeployment)  # called outside an event loop: not a coroutine
+    return deployment
 
 
 def main(argv: list[str] | None = None) -> None:
