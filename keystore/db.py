@@ -16,7 +16,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
-__all__ = ["connect_read", "create_keystore_engine", "normalize_url", "transaction", "upgrade"]
+__all__ = [
+    "connect_read",
+    "create_keystore_engine",
+    "normalize_url",
+    "transaction",
+    "upgrade",
+    "upgrade_database",
+]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -161,3 +168,15 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def upgrade_database(url: str) -> str:
+    """Bring the keystore at `url` to the newest schema; returns the revision it is at."""
+    engine = create_keystore_engine(url)
+    try:
+        upgrade(engine)
+        revision = current_revision(engine)
+    finally:
+        engine.dispose()
+    assert revision is not None
+    return revision

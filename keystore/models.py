@@ -5,10 +5,11 @@ One family per entity: `KeyBase` (shared fields), `KeyCreate` / `KeyUpdate` (inp
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import ConfigDict, SecretStr, field_validator
+from pydantic import ConfigDict, SecretStr, field_validator, model_validator
 from sqlalchemy import JSON, Column, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy import ForeignKey as SAForeignKey
 from sqlmodel import Field, SQLModel
@@ -37,6 +38,8 @@ PROVIDERS: tuple[Provider, ...] = ("claude-code", "anthropic", "openai")
 KeyState = Literal["available", "busy", "cooling", "disabled", "unusable"]
 
 MAX_CONCURRENCY_CAP = 1000  # one slot row per unit of concurrency; keep the table small
+PRIORITY_MIN, PRIORITY_MAX = -1_000_000, 1_000_000
+KEY_ID_MAX = 2**31 - 1  # ids are 32-bit integers on PostgreSQL
 NAME_MAX = 200
 SECRET_MAX = 8192
 
@@ -45,13 +48,25 @@ def _utc_column(**kwargs: Any) -> Any:
     return Field(default=None, sa_type=UTCDateTime, **kwargs)
 
 
+PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f]*$"  # no ASCII control characters
+
+
+def _printable(value: str | None) -> str | None:
+    # Control characters (NUL above all: PostgreSQL refuses it in text) have no place in a label.
+    if value is not None and re.search(r"[\x00-\x1f\x7f]", value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
 class KeyBase(SQLModel):
     name: str = Field(min_length=1, max_length=NAME_MAX)
     provider: Provider = Field(sa_type=String(32))
-    priority: int = Field(default=100, ge=-1_000_000, le=1_000_000)
+    priority: int = Field(default=100, ge=PRIORITY_MIN, le=PRIORITY_MAX)
     max_concurrency: int = Field(default=1, ge=1, le=MAX_CONCURRENCY_CAP)
     enabled: bool = True
     group: str | None = Field(default=None, max_length=NAME_MAX)
+
+    _labels = field_validator("name", "group")(_printable)
 
 
 class KeyCreate(KeyBase):
@@ -72,11 +87,20 @@ class KeyUpdate(SQLModel):
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
     name: str | None = Field(default=None, min_length=1, max_length=NAME_MAX)
-    priority: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
+    priority: int | None = Field(default=None, ge=PRIORITY_MIN, le=PRIORITY_MAX)
     max_concurrency: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY_CAP)
     enabled: bool | None = None
-    group: str | None = Field(default=None, max_length=NAME_MAX)
+    group: str | None = Field(default=None, max_length=NAME_MAX)  # None clears the group
     secret: SecretStr | None = Field(default=None, min_length=1, max_length=SECRET_MAX)
+
+    _labels = field_validator("name", "group")(_printable)
+
+    @model_validator(mode="after")
+    def _no_null_for_required(self) -> KeyUpdate:
+        for name in ("name", "priority", "max_concurrency", "enabled", "secret"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
 
 
 class Key(KeyBase, table=True):

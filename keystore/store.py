@@ -29,10 +29,11 @@ from keystore.clock import Clock, utcnow
 from keystore.config import RotationConfig, load_config, save_config, updated_config
 from keystore.crypto import MasterKey
 from keystore.db import connect_read, create_keystore_engine, transaction, upgrade
-from keystore.errors import InvalidInput, LeaseLost, MasterKeyError, NoKeyAvailable
+from keystore.errors import InvalidInput, KeyNotFound, LeaseLost, MasterKeyError, NoKeyAvailable
 from keystore.lease import Lease
 from keystore.migrate import migrate_env_tokens
 from keystore.models import (
+    KEY_ID_MAX,
     PROVIDERS,
     AuditEventPublic,
     Checkpoint,
@@ -57,7 +58,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 _RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
 _CONTENDED_RETRIES = 50
-CONFIG_CACHE_S = 1.0  # how stale a worker's view of RotationConfig may be
+CONFIG_CACHE_S = 1.0
+AUDIT_LIMIT_MAX = 10_000  # how stale a worker's view of RotationConfig may be
 
 
 class ProviderStatus(BaseModel):
@@ -90,6 +92,13 @@ def _invalid(exc: ValidationError) -> InvalidInput:
     first = exc.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "input"
     return InvalidInput(f"{field}: {first['msg']}")
+
+
+def _check_key_id(key_id: int) -> None:
+    """An id no key can have is simply not found (and never reaches the database, where an
+    out-of-range integer would be an error rather than an empty result)."""
+    if isinstance(key_id, bool) or not isinstance(key_id, int) or not 1 <= key_id <= KEY_ID_MAX:
+        raise KeyNotFound(key_id)
 
 
 def _check_provider(provider: str) -> None:
@@ -171,6 +180,7 @@ class Keystore:
         return self.get_key(key_id)
 
     def get_key(self, key_id: int) -> KeyPublic:
+        _check_key_id(key_id)
         return self._read(lambda conn: keys.get_key(conn, key_id, now=self._clock()))
 
     def list_keys(self, provider: str | None = None) -> list[KeyPublic]:
@@ -181,6 +191,7 @@ class Keystore:
     def update_key(self, key_id: int, *, force: bool = False, **changes: Any) -> KeyPublic:
         """Change name, priority, max_concurrency, enabled, group or secret. Refuses to disable a
         provider's last enabled key unless `force`."""
+        _check_key_id(key_id)
         try:
             update = KeyUpdate(**changes)
         except ValidationError as exc:
@@ -193,10 +204,12 @@ class Keystore:
         return self.get_key(key_id)
 
     def delete_key(self, key_id: int, *, force: bool = False) -> None:
+        _check_key_id(key_id)
         self._write(lambda w: keys.delete_key(w.conn, key_id, audit=w, force=force))
 
     def reset_key(self, key_id: int) -> KeyPublic:
         """Clear cooling and unusable marks (a person says the key works again)."""
+        _check_key_id(key_id)
         self._write(lambda w: keys.reset_key(w.conn, key_id, audit=w))
         return self.get_key(key_id)
 
@@ -325,6 +338,7 @@ class Keystore:
     def mark_limited(
         self, key_id: int, signal: RateLimitSignal, *, run_id: str | None = None
     ) -> cooling.Marked:
+        _check_key_id(key_id)
         cooldown = self._recent_config().no_reset_cooldown_s
         return self._write(
             lambda w: cooling.mark_limited(
@@ -334,11 +348,13 @@ class Keystore:
 
     def mark_unusable(self, key_id: int, reason: str, *, run_id: str | None = None) -> None:
         """Take a key out of the pool until a person resets it (e.g. the provider rejected it)."""
+        _check_key_id(key_id)
         self._write(
             lambda w: cooling.set_unusable(w.conn, key_id, reason=reason, audit=w, run_id=run_id)
         )
 
     def record_utilization(self, key_id: int, utilization: float) -> None:
+        _check_key_id(key_id)
         self._write(lambda w: cooling.record_utilization(w.conn, key_id, utilization, now=w.now))
 
     def earliest_reset(self, provider: str) -> datetime | None:
@@ -429,8 +445,10 @@ class Keystore:
         run_id: str | None = None,
         type: str | None = None,
     ) -> list[AuditEventPublic]:
-        if not 1 <= limit <= 10_000:
-            raise InvalidInput("limit: must be between 1 and 10000")
+        if not 1 <= limit <= AUDIT_LIMIT_MAX:
+            raise InvalidInput(f"limit: must be between 1 and {AUDIT_LIMIT_MAX}")
+        if key_id is not None and not 1 <= key_id <= KEY_ID_MAX:
+            return []
         return self._read(
             lambda conn: audit_log.list_events(
                 conn, limit=limit, key_id=key_id, run_id=run_id, type=type

@@ -117,3 +117,22 @@ def test_delete_and_audit_trail(ks: Keystore) -> None:
     types = [e.type for e in ks.audit_events(key_id=a.id)]
     assert types == ["key_deleted", "key_updated", "key_added"]
     assert ks.verify_audit().ok
+
+
+def test_nulls_control_characters_and_impossible_ids_are_clean_errors(ks: Keystore) -> None:
+    key = ks.add_key(name="k", provider="openai", secret=secret_for("k"), group="g")
+    for field in ("name", "priority", "max_concurrency", "enabled", "secret"):
+        with pytest.raises(InvalidInput, match=f"{field} cannot be null"):
+            ks.update_key(key.id, **{field: None})
+    assert ks.update_key(key.id, group=None).group is None  # clearing the group is fine
+    for bad in ("a\x00b", "tab\there"):
+        with pytest.raises(InvalidInput, match="control characters"):
+            ks.add_key(name=bad, provider="openai", secret=secret_for("x"))
+        with pytest.raises(InvalidInput, match="control characters"):
+            ks.update_key(key.id, group=bad)
+    for impossible in (0, -1, 2**31, 10**20):
+        with pytest.raises(KeyNotFound):
+            ks.get_key(impossible)
+        with pytest.raises(KeyNotFound):
+            ks.delete_key(impossible)
+        assert ks.audit_events(key_id=impossible) == []

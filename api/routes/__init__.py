@@ -37,8 +37,14 @@ def allowed_methods(path: str) -> set[str]:
     """Every method some route serves at `path` (for the `Allow` header of a 405)."""
     return {
         method
-        for router in (health.router, pool.router, config.router, keys.router, audit.router)
+        for router in (
+            health.router,
+            pool.router,
+            config.router,
+            keys.router,
+            audit.router,
+        )
         for route in router.routes
         if isinstance(route, APIRoute) and route.path_regex.match(path)
-        for method in route.methods
+        for method in route.methods or ()
     }

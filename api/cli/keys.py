@@ -1,0 +1,156 @@
+"""`keyrelay keys ...`: add, list, status, update, rm, reset, explain, migrate."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from api.cli.output import JsonFlag, console, emit_json, print_key, print_keys, when
+from api.cli.store import open_store, read_secret
+
+app = typer.Typer(help="Add, list, change and remove provider keys.", no_args_is_help=True)
+
+KeyIdArg = Annotated[
+    int, typer.Argument(metavar="ID", help="The key's id (see `keyrelay keys list`).")
+]
+
+
+@app.command("add")
+def add_key(
+    provider: Annotated[str, typer.Option(help="claude-code, anthropic or openai.")],
+    name: Annotated[str, typer.Option(help="A name people recognise.")],
+    priority: Annotated[int, typer.Option(help="Lower is preferred.")] = 100,
+    max_concurrency: Annotated[int, typer.Option(help="Leases the key may hold at once.")] = 1,
+    group: Annotated[str | None, typer.Option(help="Keys of one org/project share limits.")] = None,
+    disabled: Annotated[bool, typer.Option("--disabled", help="Add it disabled.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Add a key. The secret is read from stdin when piped, else from a hidden prompt."""
+    secret = read_secret()
+    key = open_store().add_key(
+        name=name,
+        provider=provider,
+        secret=secret,
+        priority=priority,
+        max_concurrency=max_concurrency,
+        enabled=not disabled,
+        group=group,
+    )
+    print_key(key, as_json=json_output, verb="added")
+
+
+@app.command("list")
+def list_keys(
+    provider: Annotated[str | None, typer.Option(help="Only this provider's keys.")] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Keys ordered by provider, priority, id (secrets masked)."""
+    print_keys(open_store().list_keys(provider), as_json=json_output)
+
+
+@app.command("status")
+def pool_status(json_output: JsonFlag = False) -> None:
+    """Per provider: available, busy, cooling and disabled keys, and the earliest reset."""
+    status = open_store().status()
+    if json_output:
+        emit_json(status)
+        return
+    table = Table(title="pool")
+    for column in ("provider", "total", "available", "busy", "cooling", "disabled"):
+        table.add_column(column, justify="left" if column == "provider" else "right")
+    table.add_column("earliest reset")
+    for provider, counts in status.providers.items():
+        numbers = (counts.total, counts.available, counts.busy, counts.cooling, counts.disabled)
+        table.add_row(provider, *map(str, numbers), when(counts.earliest_reset))
+    console.print(table)
+    print_keys(status.keys, as_json=False, title="keys")
+
+
+@app.command("update")
+def update_key(
+    key_id: KeyIdArg,
+    name: Annotated[str | None, typer.Option(help="New name.")] = None,
+    priority: Annotated[int | None, typer.Option(help="Lower is preferred.")] = None,
+    max_concurrency: Annotated[int | None, typer.Option(help="Leases at once.")] = None,
+    enabled: Annotated[
+        bool | None, typer.Option("--enable/--disable", help="Enable or disable the key.")
+    ] = None,
+    group: Annotated[str | None, typer.Option(help="New group ('' clears it).")] = None,
+    secret_from_stdin: Annotated[
+        bool,
+        typer.Option("--secret-from-stdin", help="Replace the secret (stdin, or a hidden prompt)."),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Allow disabling the provider's last enabled key.")
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Change some of a key's fields; the others keep their value."""
+    changes: dict[str, object] = {
+        field: value
+        for field, value in (
+            ("name", name),
+            ("priority", priority),
+            ("max_concurrency", max_concurrency),
+            ("enabled", enabled),
+        )
+        if value is not None
+    }
+    if group is not None:
+        changes["group"] = group or None
+    if secret_from_stdin:
+        changes["secret"] = read_secret("New secret")
+    key = open_store().update_key(key_id, force=force, **changes)
+    print_key(key, as_json=json_output, verb="updated")
+
+
+@app.command("rm")
+def remove_key(
+    key_id: KeyIdArg,
+    force: Annotated[
+        bool, typer.Option("--force", help="Allow removing the provider's last enabled key.")
+    ] = False,
+) -> None:
+    """Delete a key. The provider's last enabled key is refused unless --force."""
+    open_store().delete_key(key_id, force=force)
+    console.print(f"deleted key {key_id}")
+
+
+@app.command("reset")
+def reset_key(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
+    """Clear a key's cooling and unusable marks (it works again)."""
+    print_key(open_store().reset_key(key_id), as_json=json_output, verb="reset")
+
+
+@app.command("explain")
+def explain(
+    provider: Annotated[str, typer.Argument(help="claude-code, anthropic or openai.")],
+    json_output: JsonFlag = False,
+) -> None:
+    """Which key the next lease would take, and why each other key would not be taken."""
+    explanation = open_store().explain(provider)
+    if json_output:
+        emit_json(explanation)
+        return
+    table = Table(title=f"{provider}: next lease takes key {explanation.chosen or '-'}")
+    table.add_column("id", justify="right")
+    table.add_column("eligible")
+    table.add_column("reason")
+    for candidate in explanation.candidates:
+        table.add_row(str(candidate.id), "yes" if candidate.eligible else "no", candidate.reason)
+    console.print(table)
+
+
+@app.command("migrate")
+def migrate(json_output: JsonFlag = False) -> None:
+    """Import CLAUDE_CODE_OAUTH_TOKEN, ANTHROPIC_API_KEY and OPENAI_API_KEY from the environment
+    (each token once: a deleted import does not come back)."""
+    added = open_store().migrate_env_tokens()
+    if json_output:
+        emit_json(added)
+    elif added:
+        print_keys(added, as_json=False, title="imported")
+    else:
+        console.print("nothing to import")

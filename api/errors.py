@@ -1,0 +1,171 @@
+"""Every error the HTTP API returns, mapped to a status code in this one module.
+
+    KeyNotFound                    404
+    DuplicateKey, LastEnabledKey   409
+    InvalidInput (+ ConfigError)   422   (the keystore's message: it names the field, never a value)
+    RequestValidationError         422   (pydantic's errors without `input`/`ctx`: a body may carry
+                                          a secret, even under a misspelt field name)
+    405 (a method the path lacks)  405   `Allow` lists every method of the path (Starlette lists
+                                          only the first route's)
+    any other KeyrelayError        500   generic text
+    anything else                  500   generic text; logged with its traceback frames only
+
+Bodies are always `{"detail": ...}`."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keystore.errors import DuplicateKey, InvalidInput, KeyNotFound, KeyrelayError, LastEnabledKey
+
+__all__ = [
+    "FieldProblem",
+    "Problem",
+    "ValidationProblem",
+    "error_responses",
+    "install_error_handlers",
+]
+
+log = logging.getLogger(__name__)
+INTERNAL_ERROR = "internal error; see the server log"
+
+# Most specific first: the first matching class decides.
+STATUS_BY_ERROR: tuple[tuple[type[KeyrelayError], int], ...] = (
+    (KeyNotFound, 404),
+    (DuplicateKey, 409),
+    (LastEnabledKey, 409),
+    (InvalidInput, 422),
+)
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationProblem(BaseModel):
+    """A list of field problems from request validation, or one message from the keystore."""
+
+    detail: str | list[FieldProblem]
+
+
+_DESCRIPTIONS = {
+    400: "The body could not be read (not UTF-8 JSON)",
+    401: "Missing or wrong bearer token",
+    404: "No key with this id",
+    409: "Conflicts with the pool's state",
+    422: "Invalid input",
+    429: "Too many requests from this client",
+    500: "Internal error",
+}
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
+    429: {
+        "Retry-After": {
+            "description": "Seconds until the client may retry (an integer >= 1)",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+}
+
+
+def error_responses(*codes: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for error codes; `descriptions` override by code (`c409=`)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry: dict[str, Any] = {
+            "model": ValidationProblem if code == 422 else Problem,
+            "description": descriptions.get(f"c{code}", _DESCRIPTIONS[code]),
+        }
+        if code in _HEADERS:
+            entry["headers"] = _HEADERS[code]
+        out[code] = entry
+    return out
+
+
+def status_for(exc: KeyrelayError) -> int:
+    return next((code for cls, code in STATUS_BY_ERROR if isinstance(exc, cls)), 500)
+
+
+async def _keyrelay_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, KeyrelayError)
+    code = status_for(exc)
+    if code == 500:
+        _log_unhandled(request.scope, exc)
+        return JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
+    return JSONResponse({"detail": str(exc)}, status_code=code)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error["type"]}
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": problems}, status_code=422)
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    methods = request.app.state.allowed_methods(request.url.path)
+    headers = {"Allow": ", ".join(sorted(methods))} if methods else exc.headers
+    return JSONResponse({"detail": exc.detail}, status_code=405, headers=headers)
+
+
+def _log_unhandled(scope: Scope, exc: BaseException) -> None:
+    # The exception's text may hold request data (SQL parameters, a validation error's input):
+    # log its class and frames, not its message.
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("%s on %s %s\n%s", type(exc).__name__, scope.get("method"), scope.get("path"), frames)
+
+
+class CatchUnhandled:
+    """Turn an exception that escaped every handler into a generic 500 JSON response.
+
+    Starlette's own `Exception` handler re-raises after responding, so the server would log the
+    exception text; this middleware stops it here."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            _log_unhandled(scope, exc)
+            if started:
+                raise
+            response = JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
+            await response(scope, receive, send)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(KeyrelayError, _keyrelay_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(405, _method_not_allowed)
+    app.add_middleware(CatchUnhandled)
