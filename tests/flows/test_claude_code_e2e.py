@@ -1,0 +1,98 @@
+"""End to end with the real `claude` CLI: two subscription tokens, one spent mid-run (the run
+rotates), then both spent (the run defers and gives its `serve()` slot back), then it resumes at
+the reset and finishes the same conversation."""
+
+from __future__ import annotations
+
+import time
+from uuid import UUID
+
+import anyio
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.deployments import run_deployment
+
+from api.emulator import LimitRule
+from flows.executors.claude_bin import ensure_claude_bin
+from tests.flows.support import FlowEnv, ServeProcess, add_key
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+WINDOW_S = 20.0
+
+
+@pytest.fixture
+def claude_env(flow_env: FlowEnv, monkeypatch: pytest.MonkeyPatch) -> FlowEnv:
+    # Installs the CLI into the cache on first use; a failure fails the test (never skips).
+    claude = str(ensure_claude_bin())
+    monkeypatch.setenv("KEYRELAY_CLAUDE_BIN", claude)
+    flow_env.env["KEYRELAY_CLAUDE_BIN"] = claude
+    return flow_env
+
+
+async def _watch(run_id: UUID, timeout_s: float) -> tuple[FlowRun, list[str]]:
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    async with get_client() as client:
+        while True:
+            run = await client.read_flow_run(run_id)
+            name = f"{run.state_type.value if run.state_type else '?'}/{run.state_name}"
+            if not seen or seen[-1] != name:
+                seen.append(name)
+            if run.state is not None and run.state.is_final():
+                return run, seen
+            assert time.monotonic() < deadline, f"run stuck: {seen}"
+            await anyio.sleep(0.2)
+
+
+@pytest.fixture
+def serve_with_claude(claude_env: FlowEnv, server_process: ServeProcess) -> ServeProcess:
+    return server_process
+
+
+async def test_claude_code_run_rotates_defers_resumes_and_finishes(
+    claude_env: FlowEnv, serve_with_claude: ServeProcess
+) -> None:
+    env = claude_env
+    a = env.store.add_key(
+        name="sub-a", provider="claude-code", priority=1, secret="sk-ant-oat01-a-" + "a" * 60
+    ).id
+    b = env.store.add_key(
+        name="sub-b", provider="claude-code", priority=2, secret="sk-ant-oat01-b-" + "b" * 60
+    ).id
+    env.store.update_config(inline_wait_max_s=2)
+    env.emulator.admin.set_limits(
+        [
+            LimitRule(key_prefix="sk-ant-oat01-a-", requests=2, window_s=WINDOW_S),
+            LimitRule(key_prefix="sk-ant-oat01-b-", requests=1, window_s=WINDOW_S),
+        ]
+    )
+    run = await run_deployment(
+        "agent-run/default",
+        timeout=0,
+        parameters={
+            "prompt": "Say hello.",
+            "agent": "claude-code",
+            "steps": 4,
+            "followups": ["Second question.", "Third question.", "Last question."],
+        },
+    )
+    final, states = await _watch(run.id, 180)
+    assert final.state_type == StateType.COMPLETED, (states, serve_with_claude.output()[-3000:])
+    assert "SCHEDULED/AwaitingRateLimit" in states
+    assert final.run_count == 2
+
+    served = [(e.status, e.user_turns, e.last_user_text) for e in env.emulator.admin.log()]
+    statuses = [s for s, _, _ in served]
+    # a, a, a:429 -> b, b:429 -> (deferred) -> a after its reset
+    assert statuses == [200, 200, 429, 200, 429, 200], served
+    ok = [(turns, text) for status, turns, text in served if status == 200]
+    assert [turns for turns, _ in ok] == [1, 2, 3, 4]  # one conversation throughout
+    assert ok[-1][1] == "Last question."
+    # the rotation a -> b happened inside the run; b -> a is the resumption after the deferral
+    rotated = env.store.audit_events(type="key_rotated")
+    assert [(e.details["from_key"], e.key_id) for e in rotated] == [(a, b)]
+    assert len(env.store.audit_events(type="pool_waiting")) == 1
+    assert len(env.store.audit_events(type="pool_resumed")) == 1
+    limited = env.store.audit_events(type="key_rate_limited")
+    assert {e.details["kind"] for e in limited} == {"usage_limit"}  # from the CLI's events
