@@ -15,7 +15,7 @@ from prefect.deployments import run_deployment
 
 from api.emulator import LimitRule
 from flows.executors.claude_bin import ensure_claude_bin
-from tests.flows.support import FlowEnv, ServeProcess, add_key
+from tests.flows.support import SECRETS, FlowEnv, ServeProcess
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 WINDOW_S = 20.0
@@ -54,12 +54,10 @@ async def test_claude_code_run_rotates_defers_resumes_and_finishes(
     claude_env: FlowEnv, serve_with_claude: ServeProcess
 ) -> None:
     env = claude_env
-    a = env.store.add_key(
-        name="sub-a", provider="claude-code", priority=1, secret="sk-ant-oat01-a-" + "a" * 60
-    ).id
-    b = env.store.add_key(
-        name="sub-b", provider="claude-code", priority=2, secret="sk-ant-oat01-b-" + "b" * 60
-    ).id
+    tokens = {"a": "sk-ant-oat01-a-" + "a" * 60, "b": "sk-ant-oat01-b-" + "b" * 60}
+    SECRETS.update(tokens.values())  # the session's secret scan looks for these too
+    a = env.store.add_key(name="sub-a", provider="claude-code", priority=1, secret=tokens["a"]).id
+    b = env.store.add_key(name="sub-b", provider="claude-code", priority=2, secret=tokens["b"]).id
     env.store.update_config(inline_wait_max_s=2)
     env.emulator.admin.set_limits(
         [
