@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import typer
 
-from api.cli import admin, audit, config, keys, servers
+from api.cli import admin, audit, config, demo, keys, runs, servers
 from api.cli.errors import describe
 
 __all__ = ["app", "main"]
@@ -31,6 +31,8 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(admin.master_key_app, name="master-key")
 app.add_typer(admin.db_app, name="db")
 servers.register(app)
+runs.register(app)
+demo.register(app)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,96 @@
+"""`keyrelay serve` and `keyrelay run`: agent runs through Prefect deployments.
+
+The CLI never imports the flows: `serve` hands the process over to `python -m deployments.serve`
+(so SIGTERM / Ctrl-C reach Prefect's runner directly), and `run` asks the Prefect API to start a
+run of the deployment, exactly as `prefect deployment run` does."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from api.cli.errors import CliInputError
+from api.cli.store import open_store
+
+__all__ = ["register"]
+
+DEPLOYMENT = "agent-run/default"
+AGENTS = ("claude-code", "anthropic", "openai")
+console = Console()
+
+
+def serve(
+    limit: Annotated[int, typer.Option(min=1, help="Flow runs at once, each its own process.")] = 4,
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "default",
+) -> None:
+    """Serve the agent-run deployment in the foreground until SIGTERM / Ctrl-C (needs
+    PREFECT_API_URL pointing at a Prefect server, and the KEYRELAY_* settings of the keystore)."""
+    argv = [sys.executable, "-m", "deployments.serve", "--limit", str(limit), "--name", name]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)  # noqa: S606 (our own interpreter and module)
+
+
+def run(
+    prompt: Annotated[str, typer.Argument(help="The first turn's prompt.")],
+    agent: Annotated[str, typer.Option(help=f"One of: {', '.join(AGENTS)}.")] = "claude-code",
+    model: Annotated[str | None, typer.Option(help="Model name (agent default if unset).")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Turns in the conversation.")] = 1,
+    followup: Annotated[
+        list[str] | None, typer.Option(help="Prompt of turn 2, 3, ... (repeat the option).")
+    ] = None,
+    label: Annotated[str | None, typer.Option(help="Free text shown with the run.")] = None,
+    deployment: Annotated[str, typer.Option(help="flow-name/deployment-name")] = DEPLOYMENT,
+    wait: Annotated[bool, typer.Option(help="Wait for the run to finish and print it.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Start an agent run through the Prefect API (like `prefect deployment run`)."""
+    if agent not in AGENTS:
+        raise CliInputError(f"--agent must be one of {', '.join(AGENTS)}, not {agent!r}")
+    parameters: dict[str, Any] = {"prompt": prompt, "agent": agent, "steps": steps}
+    if model:
+        parameters["model"] = model
+    if followup:
+        parameters["followups"] = followup
+    if label:
+        parameters["run_label"] = label
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment(deployment, parameters=parameters, timeout=None if wait else 0)
+    assert isinstance(flow_run, FlowRun)  # called outside an event loop: not a coroutine
+    state = flow_run.state
+    summary: dict[str, Any] = {
+        "flow_run_id": str(flow_run.id),
+        "name": flow_run.name,
+        "state": state.name if state else None,
+    }
+    turns: list[dict[str, Any]] = []
+    if wait and state is not None and state.is_completed():
+        # The run's conversation is in its checkpoint in the keystore (Prefect keeps no result).
+        checkpoint = open_store().load_checkpoint(str(flow_run.id)) or {}
+        turns = [
+            {"turn": t["turn"], "agent": t["agent"], "key_id": t["key_id"], "reply": t["text"]}
+            for t in checkpoint.get("turns", [])
+        ]
+        summary["turns"] = turns
+    if json_output:
+        import json
+
+        print(json.dumps(summary, default=str))
+        return
+    console.print(f"flow run [bold]{flow_run.name}[/] ({flow_run.id}): {summary['state']}")
+    for turn in turns:
+        console.print(
+            f"turn {turn['turn']} [{turn['agent']}, key {turn['key_id']}]: {turn['reply']}"
+        )
+    if wait and state is not None and not state.is_completed():
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("run")(run)
