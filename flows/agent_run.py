@@ -114,8 +114,8 @@ class _Run:
         )
         keys = "; ".join(exhausted.detail)
         message = (
-            f"Waiting for a {exhausted.provider} key: all spent ({exhausted.reason}); "
-            f"resuming at {resume_at.isoformat()}. {keys}"
+            f"Every {exhausted.provider} key is spent ({exhausted.reason}); "
+            f"resuming at {resume_at.isoformat(timespec='seconds')}. {keys}"
         )
         await _call(
             self.store.record,
@@ -126,7 +126,9 @@ class _Run:
             reason=exhausted.reason,
         )
         await publish_pool_artifact(
-            self.store, exhausted.provider, why=f"run deferred until {resume_at.isoformat()}"
+            self.store,
+            exhausted.provider,
+            why=f"run deferred until {resume_at.isoformat(timespec='seconds')}",
         )
         self.logger.info("%s", message)
         context = FlowRunContext.get()

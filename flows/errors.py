@@ -63,7 +63,7 @@ class PoolExhausted(KeyrelayError):
         return cls(error.provider, error.reason, error.retry_at, error.detail)
 
     def __str__(self) -> str:
-        when = f" until {self.retry_at.isoformat()}" if self.retry_at else ""
+        when = f" until {self.retry_at.isoformat(timespec='seconds')}" if self.retry_at else ""
         return f"every {self.provider} key is spent ({self.reason}){when}"
 
 

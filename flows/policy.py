@@ -54,6 +54,6 @@ def decide(exhausted: PoolExhausted, config: RotationConfig, *, now: datetime) -
     if wait_s <= config.max_wait_s:
         return Defer(retry_at)
     return Fail(
-        f"every {exhausted.provider} key is spent until {retry_at.isoformat()}, "
+        f"every {exhausted.provider} key is spent until {retry_at.isoformat(timespec='seconds')}, "
         f"{wait_s:.0f} s away, beyond max_wait_s={config.max_wait_s:g}: {keys}"
     )

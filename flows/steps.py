@@ -77,7 +77,9 @@ async def _classify(
             f"{who}: quota exhausted ({signal.source}), not retryable: a person must "
             f"act, then run `keyrelay keys reset {lease.key_id}`"
         )
-    until = marked.cooling_until.isoformat() if marked.cooling_until else "unknown"
+    until = (
+        marked.cooling_until.isoformat(timespec="seconds") if marked.cooling_until else "unknown"
+    )
     await publish_pool_artifact(store, lease.provider, why=f"{who} rate-limited until {until}")
     raise RateLimited(f"{who}: {signal.kind} until {until} ({signal.source})", lease.key_id)
 

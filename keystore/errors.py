@@ -95,7 +95,7 @@ class NoKeyAvailable(KeyrelayError):
         retry_at: datetime | None,
         detail: Sequence[str] = (),
     ) -> None:
-        when = f"; earliest retry at {retry_at.isoformat()}" if retry_at else ""
+        when = f"; earliest retry at {retry_at.isoformat(timespec='seconds')}" if retry_at else ""
         text = f"no {provider} key available ({reason}){when}"
         if detail:
             text += ": " + "; ".join(detail)

@@ -272,7 +272,10 @@ def _candidate(row: Any, lease: Any, *, now: datetime, threshold: float) -> Cand
         reason, state = f"unusable: {row.unusable_reason}", "unusable"
     elif row.cooling_until is not None and row.cooling_until > now:
         why = f" ({row.cooling_reason})" if row.cooling_reason else ""
-        reason, state = f"cooling until {row.cooling_until.isoformat()}{why}", "cooling"
+        reason, state = (
+            f"cooling until {row.cooling_until.isoformat(timespec='seconds')}{why}",
+            "cooling",
+        )
     elif lease and lease.over_cap:
         reason, state = (
             f"busy: {active} leases out after max_concurrency was lowered to {row.max_concurrency}",

@@ -77,7 +77,7 @@ async def test_spent_pool_defers_then_resumes_at_the_reset(
     assert deferred.next_scheduled_start_time is not None
     assert abs((deferred.next_scheduled_start_time - reset_a).total_seconds()) < 1.0
     assert deferred.infrastructure_pid is None  # nothing holds it; cancel would not stick
-    assert deferred.state is not None and "Waiting for a anthropic key" in (
+    assert deferred.state is not None and "Every anthropic key is spent" in (
         deferred.state.message or ""
     )
     assert [e.status for e in flow_env.emulator.admin.log()] == [200, 429, 200, 429]
