@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from prefect import serve
-from prefect.deployments.runner import RunnerDeployment
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
 from flows.agent_run import agent_run
 
@@ -27,6 +27,9 @@ PREFETCH_SECONDS = 8
 def build_deployment(name: str = DEPLOYMENT_NAME) -> RunnerDeployment:
     deployment = agent_run.to_deployment(
         name=name,
+        # The same module-path entrypoint as prefect.yaml, so serving never rewrites the
+        # deployment into a file path that workers outside a checkout could not load.
+        entrypoint_type=EntrypointType.MODULE_PATH,
         tags=["keyrelay"],
         description="LLM agent runs that rotate keys on rate limits and wait for resets.",
     )

@@ -16,20 +16,33 @@ import anyio
 import anyio.to_thread
 
 from flows.runtime import flow_keystore
-from keystore import Keystore, Lease
+from keystore import Keystore, Lease, NoKeyAvailable
 
 __all__ = ["leased_key"]
 
 
 @asynccontextmanager
 async def leased_key(
-    provider: str, *, holder: str, ttl_s: float | None = None, store: Keystore | None = None
+    provider: str,
+    *,
+    holder: str,
+    ttl_s: float | None = None,
+    store: Keystore | None = None,
+    busy_poll_s: float | None = None,
 ) -> AsyncIterator[Lease]:
-    """Raises keystore.NoKeyAvailable when no key can be leased now."""
+    """Raises keystore.NoKeyAvailable when no key can be leased now. With `busy_poll_s`, a pool
+    that is merely busy (every usable key leased by someone else) is waited for, polling: leases
+    end when their holders finish, so that is a queue, not a limit."""
     store = store or flow_keystore()
-    lease = await anyio.to_thread.run_sync(
-        functools.partial(store.acquire, provider=provider, holder=holder, ttl_s=ttl_s)
-    )
+    acquire = functools.partial(store.acquire, provider=provider, holder=holder, ttl_s=ttl_s)
+    while True:
+        try:
+            lease = await anyio.to_thread.run_sync(acquire)
+            break
+        except NoKeyAvailable as exhausted:
+            if busy_poll_s is None or exhausted.reason != "all_busy":
+                raise
+            await anyio.sleep(busy_poll_s)
     keeper = store.keep_alive(lease, ttl_s=ttl_s)
     try:
         yield lease

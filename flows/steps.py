@@ -36,6 +36,7 @@ from keystore import Keystore, Lease, NoKeyAvailable, RateLimitSignal, Settings
 
 __all__ = ["MAX_ATTEMPTS_PER_TURN", "agent_turn", "turn_cache_key"]
 
+BUSY_POLL_S = 0.25  # how often a turn looks again while every key is leased by other runs
 MAX_ATTEMPTS_PER_TURN = 25  # each attempt after the first needs a new rate limit to happen
 OVERLOAD_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 _previous_key: dict[str, int] = {}  # task run id -> key the last attempt was refused on
@@ -108,7 +109,7 @@ async def agent_turn(
     attempt = context.task_run.run_count if context else 1
     holder = f"flow-run {run_id} turn {turn}"
     try:
-        async with leased_key(agent, holder=holder, store=store) as lease:
+        async with leased_key(agent, holder=holder, store=store, busy_poll_s=BUSY_POLL_S) as lease:
             refused = _previous_key.pop(task_run_id, None)
             if refused is not None and refused != lease.key_id:
                 await anyio.to_thread.run_sync(
