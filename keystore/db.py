@@ -84,9 +84,18 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
 
 
 @contextlib.contextmanager
-def transaction(engine: Engine) -> Iterator[Connection]:
-    """A write transaction: committed on success, rolled back on error."""
+def transaction(engine: Engine, *, durable: bool = True) -> Iterator[Connection]:
+    """A write transaction: committed on success, rolled back on error.
+
+    `durable=False` lets PostgreSQL acknowledge the commit before its WAL reaches the disk
+    (`synchronous_commit = off` for this transaction only). A server crash may then forget the
+    last fraction of a second of such commits, so it is only for writes whose loss is harmless:
+    a forgotten release leaves the slot held until the lease's TTL, a forgotten renewal is
+    redone a third of a TTL later. Under many concurrent clients the WAL flush of every commit
+    is what they queue on."""
     with _sqlite_writer_queue(engine), engine.begin() as conn:
+        if not durable and conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         yield conn
 
 

@@ -124,10 +124,10 @@ class Keystore:
     def remove_audit_hook(self, hook: audit_log.AuditHook) -> None:
         self._hooks.remove(hook)
 
-    def _write(self, body: Callable[[audit_log.AuditWriter], T]) -> T:
+    def _write(self, body: Callable[[audit_log.AuditWriter], T], *, durable: bool = True) -> T:
         for attempt in range(5):
             try:
-                with transaction(self.engine) as conn:
+                with transaction(self.engine, durable=durable) as conn:
                     writer = audit_log.AuditWriter(conn, self._clock())
                     result = body(writer)
                 break
@@ -303,7 +303,8 @@ class Keystore:
     def renew(self, lease: Lease, ttl_s: float | None = None) -> Lease:
         ttl = self._recent_config().lease_ttl_s if ttl_s is None else ttl_s
         expires = self._write(
-            lambda w: leases.renew_lease(w.conn, lease_id=lease.id, ttl_s=ttl, now=w.now)
+            lambda w: leases.renew_lease(w.conn, lease_id=lease.id, ttl_s=ttl, now=w.now),
+            durable=False,  # a renewal lost in a crash is redone at the next third of the TTL
         )
         if expires is None:
             raise LeaseLost(lease.id)
@@ -312,7 +313,8 @@ class Keystore:
 
     def release(self, lease: Lease) -> bool:
         """Free the lease's slot. False when it had already expired and been reclaimed."""
-        return self._write(lambda w: leases.release_lease(w.conn, lease_id=lease.id))
+        # Not durable: a release lost in a crash leaves the slot held until the lease expires.
+        return self._write(lambda w: leases.release_lease(w.conn, lease_id=lease.id), durable=False)
 
     @contextlib.contextmanager
     def lease(self, *, provider: str, holder: str, ttl_s: float | None = None) -> Iterator[Lease]:
