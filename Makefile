@@ -26,5 +26,10 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/lease_throughput.py
 
+# A local Prefect server, the provider emulator, three keys and more runs than they allow, live;
+# about a minute, nothing left running afterwards. `make demo DEMO_ARGS=--keep` keeps the UI up.
+demo: $(STAMP)
+	$(BIN)/keyrelay demo $(DEMO_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
