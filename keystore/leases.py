@@ -28,8 +28,10 @@ from keystore.types import UTCDateTime
 __all__ = [
     "Acquired",
     "Candidate",
+    "Released",
     "acquire_slot",
     "candidates",
+    "drop_surplus_slot",
     "reclaim_expired",
     "release_lease",
     "renew_lease",
@@ -44,6 +46,7 @@ class Acquired:
     ciphertext: str
     acquired_at: datetime
     expires_at: datetime
+    reclaimed: tuple[str, str | None] | None = None  # (lease id, holder) this slot was taken from
 
 
 def _last_use() -> Any:
@@ -61,11 +64,13 @@ def _pick_slot() -> Any:
     """The best free slot of a provider (bind parameters: p_provider, p_now, p_threshold)."""
     k, s = keys_t.c, slots_t.c
     now = bindparam("p_now", type_=UTCDateTime)
-    s2 = slots_t.alias("over_cap")
-    over_cap_busy = (
-        select(s2.c.id)
-        .where(s2.c.key_id == k.id, s2.c.slot >= k.max_concurrency, s2.c.expires_at > now)
-        .exists()
+    s2, k2 = slots_t.alias("over_cap"), keys_t.alias("over_cap_key")
+    # Keys whose max_concurrency was lowered below the leases still out. Uncorrelated, so it is
+    # computed once per statement (a hashed subplan), not once per candidate slot.
+    over_cap_keys = (
+        select(s2.c.key_id)
+        .join(k2, k2.c.id == s2.c.key_id)
+        .where(s2.c.slot >= k2.c.max_concurrency, s2.c.expires_at > now)
     )
     last_use = _last_use()
     return (
@@ -80,7 +85,7 @@ def _pick_slot() -> Any:
             or_(k.cooling_until.is_(None), k.cooling_until <= now),
             s.slot < k.max_concurrency,
             or_(s.expires_at.is_(None), s.expires_at <= now),
-            ~over_cap_busy,
+            s.key_id.not_in(over_cap_keys),
         )
         .order_by(
             k.priority,
@@ -128,15 +133,17 @@ _ACQUIRE_PG = _acquire_one_statement()
 def acquire_slot(
     conn: Connection,
     *,
-    audit: AuditWriter,
+    now: datetime,
     provider: str,
     holder: str,
     ttl_s: float,
     threshold: float,
 ) -> Acquired | None:
     """Take the best free slot, or None when no slot is free (or all free ones are being taken by
-    concurrent transactions right now: the caller tells the two apart with `candidates`)."""
-    now = audit.now
+    concurrent transactions right now: the caller tells the two apart with `candidates`).
+
+    On PostgreSQL this is ONE statement, so it may run on an autocommit connection; on SQLite the
+    caller's BEGIN IMMEDIATE transaction makes the three statements one writer's work."""
     lease_id, expires_at = uuid.uuid4().hex, now + timedelta(seconds=ttl_s)
     params = {
         "p_provider": provider,
@@ -158,9 +165,9 @@ def acquire_slot(
         conn.execute(_TAKE, {**params, "p_slot_id": picked.id})
         name, ciphertext = conn.execute(_KEY_SECRET, {"p_key_id": picked.key_id}).one()
         key_id, old_lease, old_holder = picked.key_id, picked.old_lease, picked.old_holder
-    if old_lease is not None:  # an expired lease nobody released: its holder died
-        audit.record("lease_reclaimed", key_id=key_id, lease_id=old_lease, holder=old_holder)
-    return Acquired(lease_id, key_id, name, ciphertext, now, expires_at)
+    # an expired lease nobody released (its holder died): the caller records lease_reclaimed
+    reclaimed = (old_lease, old_holder) if old_lease is not None else None
+    return Acquired(lease_id, key_id, name, ciphertext, now, expires_at, reclaimed)
 
 
 def renew_lease(conn: Connection, *, lease_id: str, ttl_s: float, now: datetime) -> datetime | None:
@@ -188,14 +195,31 @@ def _release_statement() -> Any:
 _RELEASE = _release_statement()
 
 
-def release_lease(conn: Connection, *, lease_id: str) -> bool:
-    """Free the slot. False when the lease was no longer there (reclaimed after expiry)."""
+@dataclass(frozen=True)
+class Released:
+    held: bool  # False: the lease was no longer there (expired and reclaimed)
+    surplus_slot: tuple[int, int] | None = None  # (key id, slot id) to drop: cap was lowered
+
+
+def release_lease(conn: Connection, *, lease_id: str) -> Released:
+    """Free the slot (one statement). A slot above a lowered max_concurrency is reported for the
+    caller to drop in a transaction of its own (`drop_surplus_slot`)."""
     row = conn.execute(_RELEASE, {"p_lease_id": lease_id}).one_or_none()
     if row is None:
-        return False
-    if row.over_cap:  # max_concurrency was lowered while this lease was out
-        drop_slots(conn, row.key_id, [row.id])
-    return True
+        return Released(held=False)
+    return Released(held=True, surplus_slot=(row.key_id, row.id) if row.over_cap else None)
+
+
+def drop_surplus_slot(conn: Connection, *, key_id: int, slot_id: int) -> None:
+    """Drop a free slot above its key's max_concurrency (kept if it was leased again meanwhile)."""
+    cap = select(keys_t.c.max_concurrency).where(keys_t.c.id == key_id).scalar_subquery()
+    free = conn.execute(
+        select(slots_t.c.id).where(
+            slots_t.c.id == slot_id, slots_t.c.lease_id.is_(None), slots_t.c.slot >= cap
+        )
+    ).scalar_one_or_none()
+    if free is not None:
+        drop_slots(conn, key_id, [slot_id])
 
 
 def reclaim_expired(conn: Connection, *, audit: AuditWriter) -> int:

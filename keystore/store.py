@@ -113,6 +113,7 @@ class Keystore:
         self._clock = clock
         self._hooks: list[audit_log.AuditHook] = []
         self._config_cache: tuple[float, RotationConfig] | None = None
+        self._relaxed: Engine | None = None
 
     # -- plumbing -------------------------------------------------------------------------------
     def now(self) -> datetime:
@@ -141,12 +142,42 @@ class Keystore:
         audit_log.fire_hooks(self._hooks, writer.written)
         return result
 
+    def _statement(self, body: Callable[[Connection], T], *, durable: bool = True) -> T:
+        """Run `body`, which issues exactly ONE write statement, in the cheapest safe way.
+
+        PostgreSQL: on an autocommit connection (no BEGIN/COMMIT round trips: the statement is
+        its own transaction); `durable=False` uses connections whose commits do not wait for the
+        WAL flush (see db.transaction). SQLite: a normal write transaction."""
+        if self.engine.dialect.name != "postgresql":
+            return self._write(lambda w: body(w.conn), durable=durable)
+        engine = self.engine if durable else self._relaxed_engine()
+        for attempt in range(5):
+            try:
+                with engine.connect() as conn:
+                    return body(conn.execution_options(isolation_level="AUTOCOMMIT"))
+            except OperationalError as exc:
+                if not exc.connection_invalidated or attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _relaxed_engine(self) -> Engine:
+        if self._relaxed is None:
+            url = self.engine.url
+            given = url.query.get("options")
+            given = " ".join(given) if isinstance(given, tuple) else given
+            options = " ".join(filter(None, [given, "-c synchronous_commit=off"]))
+            relaxed = url.update_query_dict({"options": options})  # keeps e.g. a search_path
+            self._relaxed = create_keystore_engine(relaxed.render_as_string(hide_password=False))
+        return self._relaxed
+
     def _read(self, body: Callable[[Connection], T]) -> T:
         with connect_read(self.engine) as conn:
             return body(conn)
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._relaxed is not None:
+            self._relaxed.dispose()
 
     # -- keys -----------------------------------------------------------------------------------
     def add_key(
@@ -229,10 +260,10 @@ class Keystore:
         if ttl <= 0:
             raise InvalidInput("ttl_s: must be greater than 0")
         for _ in range(_CONTENDED_RETRIES):
-            got = self._write(
-                lambda w: leases.acquire_slot(
-                    w.conn,
-                    audit=w,
+            got = self._statement(
+                lambda conn: leases.acquire_slot(
+                    conn,
+                    now=self._clock(),
                     provider=provider,
                     holder=holder,
                     ttl_s=ttl,
@@ -242,6 +273,11 @@ class Keystore:
             if got is None:
                 self._raise_exhausted(provider, config)  # returns only when a slot looked free
                 continue
+            if got.reclaimed is not None:  # the slot's previous holder died holding it
+                old_lease, old_holder = got.reclaimed
+                self.record(
+                    "lease_reclaimed", key_id=got.key_id, lease_id=old_lease, holder=old_holder
+                )
             try:
                 self.master.decrypt(got.ciphertext)
             except MasterKeyError as exc:
@@ -302,8 +338,8 @@ class Keystore:
 
     def renew(self, lease: Lease, ttl_s: float | None = None) -> Lease:
         ttl = self._recent_config().lease_ttl_s if ttl_s is None else ttl_s
-        expires = self._write(
-            lambda w: leases.renew_lease(w.conn, lease_id=lease.id, ttl_s=ttl, now=w.now),
+        expires = self._statement(
+            lambda conn: leases.renew_lease(conn, lease_id=lease.id, ttl_s=ttl, now=self._clock()),
             durable=False,  # a renewal lost in a crash is redone at the next third of the TTL
         )
         if expires is None:
@@ -314,7 +350,13 @@ class Keystore:
     def release(self, lease: Lease) -> bool:
         """Free the lease's slot. False when it had already expired and been reclaimed."""
         # Not durable: a release lost in a crash leaves the slot held until the lease expires.
-        return self._write(lambda w: leases.release_lease(w.conn, lease_id=lease.id), durable=False)
+        released = self._statement(
+            lambda conn: leases.release_lease(conn, lease_id=lease.id), durable=False
+        )
+        if released.surplus_slot is not None:  # max_concurrency was lowered while it was out
+            key_id, slot_id = released.surplus_slot
+            self._write(lambda w: leases.drop_surplus_slot(w.conn, key_id=key_id, slot_id=slot_id))
+        return released.held
 
     @contextlib.contextmanager
     def lease(self, *, provider: str, holder: str, ttl_s: float | None = None) -> Iterator[Lease]:
