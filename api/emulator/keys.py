@@ -7,12 +7,14 @@ the masked form (at most the first 7 and the last 4 characters, never more than 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from starlette.datastructures import Headers
+
+# The keystore's own: the emulator fingerprints and masks keys exactly as keyrelay shows them.
+from keystore.crypto import fingerprint, mask
 
 __all__ = [
     "AuthScheme",
@@ -27,19 +29,6 @@ AuthScheme = Literal["x-api-key", "bearer"]  # the header the key came in
 # What the key is. For Anthropic this decides the rate-limit header family: API keys get
 # `anthropic-ratelimit-*`, subscription (OAuth) tokens `anthropic-ratelimit-unified-*`.
 CredentialKind = Literal["api_key", "oauth"]
-
-
-def fingerprint(secret: str) -> str:
-    """SHA-256 of the secret, first 16 hex chars: matches the keystore's fingerprint."""
-    return hashlib.sha256(secret.encode()).hexdigest()[:16]
-
-
-def mask(secret: str) -> str:
-    """Last 4 and at most the first 7 characters, never more than a third of the secret."""
-    budget = len(secret) // 3
-    tail = min(4, budget)
-    head = min(7, budget - tail)
-    return f"{secret[:head]}...{secret[len(secret) - tail :]}"
 
 
 @dataclass(frozen=True)
