@@ -11,7 +11,6 @@ Base URL: the `base_url` option, else `ANTHROPIC_BASE_URL`, else the SDK's defau
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -20,15 +19,13 @@ import anthropic
 import anyio
 from anthropic.types import Message, MessageParam
 
-from flows.executors.base import TurnOutcome, TurnResult, check_prompt
-from flows.executors.conversation import conversation_from, extended
 from flows.executors.errors import ExecutorError
+from flows.executors.http_base import HttpExecutor
 from flows.executors.http_failures import connection_failure, error_body, status_failure
 from flows.executors.redact import Redactor
 from keystore.clock import Clock, utcnow
-from keystore.errors import InvalidInput
 from keystore.lease import Lease
-from keystore.ratelimits import RateLimitSignal, parse_utilization
+from keystore.ratelimits import RateLimitSignal
 
 __all__ = ["DEFAULT_ANTHROPIC_MODEL", "AnthropicExecutor"]
 
@@ -41,8 +38,9 @@ class _Reply:
     headers: Mapping[str, str]
 
 
-class AnthropicExecutor:
+class AnthropicExecutor(HttpExecutor):
     agent = "anthropic"
+    base_url_env = "ANTHROPIC_BASE_URL"
 
     def __init__(
         self,
@@ -55,61 +53,26 @@ class AnthropicExecutor:
         timeout_s: float = 600.0,
         clock: Clock = utcnow,
     ) -> None:
-        if max_tokens < 1:
-            raise InvalidInput("max_tokens: must be at least 1")
-        if timeout_s <= 0:
-            raise InvalidInput("timeout_s: must be greater than 0")
-        self.base_url = base_url
-        self.default_model = default_model
-        self.max_tokens = max_tokens
-        self.system = system
+        super().__init__(
+            base_url=base_url,
+            default_model=default_model,
+            max_tokens=max_tokens,
+            system=system,
+            timeout_s=timeout_s,
+            clock=clock,
+        )
+        self.max_tokens: int = max_tokens
         self.stream = stream
-        self.timeout_s = timeout_s
-        self._clock = clock
 
     def __repr__(self) -> str:
         return f"AnthropicExecutor(base_url={self._base_url()!r}, stream={self.stream})"
 
-    def _base_url(self) -> str | None:
-        return self.base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+    def _reply_text(self, reply: _Reply) -> str:
+        return "".join(block.text for block in reply.message.content if block.type == "text")
 
-    async def run_turn(
-        self,
-        lease: Lease,
-        *,
-        prompt: str,
-        model: str | None,
-        checkpoint: dict[str, Any] | None,
-    ) -> TurnOutcome:
-        check_prompt(prompt)
-        history = conversation_from(checkpoint)
-        messages = [*history, {"role": "user", "content": prompt}]
-        secret = lease.secret()
-        redactor = Redactor(secret)
-        outcome = await self._call(
-            secret,
-            model=model or self.default_model,
-            messages=messages,
-            lease=lease,
-            redactor=redactor,
-        )
-        if isinstance(outcome, ExecutorError):
-            raise outcome  # outside `except`: the SDK exception (and its request) stays behind
-        if isinstance(outcome, RateLimitSignal):
-            return outcome
-        message = outcome.message
-        text = redactor.text(
-            "".join(block.text for block in message.content if block.type == "text")
-        )
-        return TurnResult(
-            text=text,
-            checkpoint=redactor.value(extended(history, prompt=prompt, reply=text)),
-            utilization=parse_utilization("anthropic", headers=outcome.headers),
-            usage={
-                "input_tokens": message.usage.input_tokens,
-                "output_tokens": message.usage.output_tokens,
-            },
-        )
+    def _usage(self, reply: _Reply) -> dict[str, int]:
+        usage = reply.message.usage
+        return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
 
     async def _call(
         self,

@@ -9,7 +9,6 @@ has the same shape as the `anthropic` agent's (conversation.py).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -18,15 +17,13 @@ import anyio
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
-from flows.executors.base import TurnOutcome, TurnResult, check_prompt
-from flows.executors.conversation import conversation_from, extended
 from flows.executors.errors import ExecutorError
+from flows.executors.http_base import HttpExecutor
 from flows.executors.http_failures import connection_failure, error_body, status_failure
 from flows.executors.redact import Redactor
 from keystore.clock import Clock, utcnow
-from keystore.errors import InvalidInput
 from keystore.lease import Lease
-from keystore.ratelimits import RateLimitSignal, parse_utilization
+from keystore.ratelimits import RateLimitSignal
 
 __all__ = ["DEFAULT_OPENAI_MODEL", "OpenAIExecutor"]
 
@@ -39,8 +36,9 @@ class _Reply:
     headers: Mapping[str, str]
 
 
-class OpenAIExecutor:
+class OpenAIExecutor(HttpExecutor):
     agent = "openai"
+    base_url_env = "OPENAI_BASE_URL"
 
     def __init__(
         self,
@@ -52,62 +50,31 @@ class OpenAIExecutor:
         timeout_s: float = 600.0,
         clock: Clock = utcnow,
     ) -> None:
-        if max_tokens is not None and max_tokens < 1:
-            raise InvalidInput("max_tokens: must be at least 1")
-        if timeout_s <= 0:
-            raise InvalidInput("timeout_s: must be greater than 0")
-        self.base_url = base_url
-        self.default_model = default_model
-        self.max_tokens = max_tokens
-        self.system = system
-        self.timeout_s = timeout_s
-        self._clock = clock
+        super().__init__(
+            base_url=base_url,
+            default_model=default_model,
+            max_tokens=max_tokens,
+            system=system,
+            timeout_s=timeout_s,
+            clock=clock,
+        )
 
     def __repr__(self) -> str:
         return f"OpenAIExecutor(base_url={self._base_url()!r})"
 
-    def _base_url(self) -> str | None:
-        return self.base_url or os.environ.get("OPENAI_BASE_URL") or None
-
-    async def run_turn(
-        self,
-        lease: Lease,
-        *,
-        prompt: str,
-        model: str | None,
-        checkpoint: dict[str, Any] | None,
-    ) -> TurnOutcome:
-        check_prompt(prompt)
-        history = conversation_from(checkpoint)
+    def _messages(self, history: list[dict[str, Any]], prompt: str) -> list[dict[str, Any]]:
         system = [{"role": "system", "content": self.system}] if self.system is not None else []
-        messages = [*system, *history, {"role": "user", "content": prompt}]
-        secret = lease.secret()
-        redactor = Redactor(secret)
-        outcome = await self._call(
-            secret,
-            model=model or self.default_model,
-            messages=messages,
-            lease=lease,
-            redactor=redactor,
-        )
-        if isinstance(outcome, ExecutorError):
-            raise outcome  # outside `except`: the SDK exception (and its request) stays behind
-        if isinstance(outcome, RateLimitSignal):
-            return outcome
-        completion = outcome.completion
-        choice = completion.choices[0] if completion.choices else None
-        text = redactor.text((choice.message.content if choice else None) or "")
-        usage = completion.usage
-        return TurnResult(
-            text=text,
-            checkpoint=redactor.value(extended(history, prompt=prompt, reply=text)),
-            utilization=parse_utilization("openai", headers=outcome.headers),
-            usage=(
-                {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}
-                if usage is not None
-                else {}
-            ),
-        )
+        return [*system, *super()._messages(history, prompt)]
+
+    def _reply_text(self, reply: _Reply) -> str:
+        choice = reply.completion.choices[0] if reply.completion.choices else None
+        return (choice.message.content if choice else None) or ""
+
+    def _usage(self, reply: _Reply) -> dict[str, int]:
+        usage = reply.completion.usage
+        if usage is None:
+            return {}
+        return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}
 
     async def _call(
         self,

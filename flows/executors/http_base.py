@@ -1,0 +1,101 @@
+"""What the `anthropic` and `openai` executors share: one SDK call per turn on a client built
+from the lease, a text conversation as the checkpoint, and the same failure mapping. A subclass
+says how to call its SDK (`_call`) and how to read the reply (`_reply_text`, `_usage`)."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import Any
+
+from flows.executors.base import TurnOutcome, TurnResult, check_prompt
+from flows.executors.conversation import conversation_from, extended
+from flows.executors.errors import ExecutorError
+from flows.executors.redact import Redactor
+from keystore.clock import Clock, utcnow
+from keystore.errors import InvalidInput
+from keystore.lease import Lease
+from keystore.ratelimits import RateLimitSignal, parse_utilization
+
+__all__ = ["HttpExecutor"]
+
+
+class HttpExecutor(ABC):
+    agent: str
+    base_url_env: str  # the standard variable the provider's own SDK honours
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        default_model: str,
+        max_tokens: int | None,
+        system: str | None,
+        timeout_s: float,
+        clock: Clock = utcnow,
+    ) -> None:
+        if max_tokens is not None and max_tokens < 1:
+            raise InvalidInput("max_tokens: must be at least 1")
+        if timeout_s <= 0:
+            raise InvalidInput("timeout_s: must be greater than 0")
+        self.base_url = base_url
+        self.default_model = default_model
+        self.max_tokens = max_tokens
+        self.system = system
+        self.timeout_s = timeout_s
+        self._clock = clock
+
+    def _base_url(self) -> str | None:
+        return self.base_url or os.environ.get(self.base_url_env) or None
+
+    def _messages(self, history: list[dict[str, Any]], prompt: str) -> list[dict[str, Any]]:
+        return [*history, {"role": "user", "content": prompt}]
+
+    async def run_turn(
+        self,
+        lease: Lease,
+        *,
+        prompt: str,
+        model: str | None,
+        checkpoint: dict[str, Any] | None,
+    ) -> TurnOutcome:
+        check_prompt(prompt)
+        history = conversation_from(checkpoint)
+        secret = lease.secret()
+        redactor = Redactor(secret)
+        outcome = await self._call(
+            secret,
+            model=model or self.default_model,
+            messages=self._messages(history, prompt),
+            lease=lease,
+            redactor=redactor,
+        )
+        if isinstance(outcome, ExecutorError):
+            raise outcome  # outside `except`: the SDK exception (and its request) stays behind
+        if isinstance(outcome, RateLimitSignal):
+            return outcome
+        text = redactor.text(self._reply_text(outcome))
+        return TurnResult(
+            text=text,
+            checkpoint=redactor.value(extended(history, prompt=prompt, reply=text)),
+            utilization=parse_utilization(self.agent, headers=outcome.headers),
+            usage=self._usage(outcome),
+        )
+
+    @abstractmethod
+    async def _call(
+        self,
+        secret: str,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        lease: Lease,
+        redactor: Redactor,
+    ) -> Any:
+        """The SDK call: a reply (with `.headers`), a RateLimitSignal or an ExecutorError."""
+
+    @abstractmethod
+    def _reply_text(self, reply: Any) -> str: ...
+
+    @abstractmethod
+    def _usage(self, reply: Any) -> dict[str, int]: ...
