@@ -21,7 +21,6 @@ from anthropic.types import Message, MessageParam
 
 from flows.executors.errors import ExecutorError
 from flows.executors.http_base import HttpExecutor
-from flows.executors.http_failures import connection_failure, error_body, status_failure
 from flows.executors.redact import Redactor
 from keystore.clock import Clock, utcnow
 from keystore.lease import Lease
@@ -100,30 +99,6 @@ class AnthropicExecutor(HttpExecutor):
                         model=model, max_tokens=self.max_tokens, messages=params, system=system
                     )
                     return _Reply(await raw.parse(), raw.headers)
-            except anthropic.APIStatusError as exc:
-                return status_failure(
-                    "anthropic",
-                    status=exc.status_code,
-                    headers=exc.response.headers,
-                    body=error_body(status=exc.status_code, response=exc.response, parsed=exc.body),
-                    received_at=self._clock(),
-                    key_id=lease.key_id,
-                    request_id=exc.request_id,
-                    redactor=redactor,
-                )
-            except TimeoutError:
-                return connection_failure(
-                    "anthropic",
-                    timed_out=True,
-                    detail=f"no complete answer within {self.timeout_s:g} s",
-                    key_id=lease.key_id,
-                    redactor=redactor,
-                )
-            except anthropic.APIConnectionError as exc:  # APITimeoutError is a subclass
-                return connection_failure(
-                    "anthropic",
-                    timed_out=isinstance(exc, anthropic.APITimeoutError),
-                    detail=str(exc),
-                    key_id=lease.key_id,
-                    redactor=redactor,
-                )
+            except (anthropic.APIStatusError, anthropic.APIConnectionError, TimeoutError) as exc:
+                # APITimeoutError is an APIConnectionError; TimeoutError is our own deadline
+                return self._failure(exc, lease=lease, redactor=redactor)

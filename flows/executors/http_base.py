@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Literal
 
 from flows.executors.base import TurnOutcome, TurnResult, check_prompt
 from flows.executors.conversation import conversation_from, extended
 from flows.executors.errors import ExecutorError
+from flows.executors.http_failures import connection_failure, error_body, status_failure
 from flows.executors.redact import Redactor
 from keystore.clock import Clock, utcnow
 from keystore.errors import InvalidInput
@@ -21,7 +22,7 @@ __all__ = ["HttpExecutor"]
 
 
 class HttpExecutor(ABC):
-    agent: str
+    agent: Literal["anthropic", "openai"]
     base_url_env: str  # the standard variable the provider's own SDK honours
 
     def __init__(
@@ -93,6 +94,42 @@ class HttpExecutor(ABC):
         redactor: Redactor,
     ) -> Any:
         """The SDK call: a reply (with `.headers`), a RateLimitSignal or an ExecutorError."""
+
+    def _failure(
+        self, exc: BaseException, *, lease: Lease, redactor: Redactor
+    ) -> RateLimitSignal | ExecutorError:
+        """Map an SDK exception (both SDKs share the shape: APIStatusError with status, response,
+        body and request_id; APIConnectionError; APITimeoutError) or our own deadline."""
+        if isinstance(exc, TimeoutError):
+            return connection_failure(
+                self.agent,
+                timed_out=True,
+                key_id=lease.key_id,
+                detail=f"no complete answer within {self.timeout_s:g} s",
+                redactor=redactor,
+            )
+        response = getattr(exc, "response", None)
+        status = getattr(exc, "status_code", None)
+        if response is not None and status is not None:
+            return status_failure(
+                self.agent,
+                status=status,
+                headers=response.headers,
+                body=error_body(
+                    status=status, response=response, parsed=getattr(exc, "body", None)
+                ),
+                received_at=self._clock(),
+                key_id=lease.key_id,
+                request_id=getattr(exc, "request_id", None),
+                redactor=redactor,
+            )
+        return connection_failure(
+            self.agent,
+            timed_out="Timeout" in type(exc).__name__,
+            detail=str(exc),
+            key_id=lease.key_id,
+            redactor=redactor,
+        )
 
     @abstractmethod
     def _reply_text(self, reply: Any) -> str: ...

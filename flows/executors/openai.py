@@ -19,7 +19,6 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from flows.executors.errors import ExecutorError
 from flows.executors.http_base import HttpExecutor
-from flows.executors.http_failures import connection_failure, error_body, status_failure
 from flows.executors.redact import Redactor
 from keystore.clock import Clock, utcnow
 from keystore.lease import Lease
@@ -98,30 +97,6 @@ class OpenAIExecutor(HttpExecutor):
                         model=model, messages=params, max_completion_tokens=max_tokens
                     )
                     return _Reply(raw.parse(), raw.headers)
-            except openai.APIStatusError as exc:
-                return status_failure(
-                    "openai",
-                    status=exc.status_code,
-                    headers=exc.response.headers,
-                    body=error_body(status=exc.status_code, response=exc.response, parsed=exc.body),
-                    received_at=self._clock(),
-                    key_id=lease.key_id,
-                    request_id=exc.request_id,
-                    redactor=redactor,
-                )
-            except TimeoutError:
-                return connection_failure(
-                    "openai",
-                    timed_out=True,
-                    detail=f"no complete answer within {self.timeout_s:g} s",
-                    key_id=lease.key_id,
-                    redactor=redactor,
-                )
-            except openai.APIConnectionError as exc:  # APITimeoutError is a subclass
-                return connection_failure(
-                    "openai",
-                    timed_out=isinstance(exc, openai.APITimeoutError),
-                    detail=str(exc),
-                    key_id=lease.key_id,
-                    redactor=redactor,
-                )
+            except (openai.APIStatusError, openai.APIConnectionError, TimeoutError) as exc:
+                # APITimeoutError is an APIConnectionError; TimeoutError is our own deadline
+                return self._failure(exc, lease=lease, redactor=redactor)
