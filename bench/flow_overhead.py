@@ -163,7 +163,8 @@ def main() -> None:
                 assert len(resumed) > before, "the run did not defer and resume"
                 lateness.append(resumed[0].details["lateness_s"])
             lines.append(
-                f"| resume lateness: start after the scheduled time (reset + 0.25 s; serve, prefetch 8 s) | "
+                "| resume lateness: start after the scheduled time "
+                "(reset + 0.25 s; serve, prefetch 8 s) | "
                 f"median {statistics.median(lateness):.2f} s, max {max(lateness):.2f} s |"
             )
         finally:
