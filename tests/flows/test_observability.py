@@ -9,7 +9,11 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
 from prefect.events.filters import (
     EventFilter,
     EventNameFilter,
@@ -56,8 +60,12 @@ async def test_rotation_shows_up_as_events_and_a_pool_artifact(flow_env: FlowEnv
         assert limited.payload["kind"] == "rate_limit" and limited.payload["resets_at"]
         assert any(r.role == "flow-run" for r in limited.related)
 
+        # the artifact key is shared by every run of the session: ask for this run's own
         artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["keyrelay-pool-anthropic"]))
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["keyrelay-pool-anthropic"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+            )
         )
     assert artifacts, "no pool artifact"
     rows = (
