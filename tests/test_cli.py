@@ -18,30 +18,11 @@ import pytest
 from cryptography.fernet import Fernet
 
 from tests.conftest import secret_for
+from tests.test_api_support import KEY_FIELDS  # the KeyPublic contract, listed once
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("keyrelay")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "api.cli"]
-KEY_FIELDS = {
-    "id",
-    "name",
-    "provider",
-    "masked",
-    "fingerprint",
-    "priority",
-    "max_concurrency",
-    "enabled",
-    "group",
-    "state",
-    "active_leases",
-    "cooling_until",
-    "cooling_reason",
-    "utilization",
-    "last_used_at",
-    "uses",
-    "rate_limit_hits",
-    "created_at",
-}
 
 
 @dataclass

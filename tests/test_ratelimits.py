@@ -14,12 +14,7 @@ from keystore.ratelimits import (
     parse_rate_limit,
     parse_utilization,
 )
-
-NOW = datetime(2026, 1, 1, tzinfo=UTC)  # = 1767225600
-
-
-def at(hour: int = 0, minute: int = 0, second: int = 0, microsecond: int = 0) -> datetime:
-    return datetime(2026, 1, 1, hour, minute, second, microsecond, tzinfo=UTC)
+from tests.ratelimit_cases import NOW, at
 
 
 def anthropic_error(error_type: str, **extra: Any) -> dict[str, Any]:

@@ -9,28 +9,7 @@ from typing import Any
 import pytest
 
 from keystore.ratelimits import parse_rate_limit, parse_utilization
-
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def at(hour: int = 0, minute: int = 0, second: int = 0, microsecond: int = 0) -> datetime:
-    return datetime(2026, 1, 1, hour, minute, second, microsecond, tzinfo=UTC)
-
-
-def parsed(
-    provider: str, status: int, headers: Any = None, body: Any = None
-) -> tuple[Any, ...] | None:
-    signal = parse_rate_limit(
-        provider, status=status, headers=headers or {}, body=body, received_at=NOW
-    )
-    if signal is None:
-        return None
-    return (signal.kind, signal.resets_at, signal.retryable, signal.source, signal.utilization)
-
-
-OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
-RATE_LIMITED = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
-
+from tests.ratelimit_cases import OVERLOADED, RATE_LIMITED, at, parsed
 
 # --- Anthropic ---------------------------------------------------------------------------------
 

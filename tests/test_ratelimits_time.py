@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,12 +16,7 @@ from keystore.ratelimits.timeparse import (
     parse_http_date,
     parse_seconds,
 )
-
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def at(hour: int = 0, minute: int = 0, second: int = 0, microsecond: int = 0) -> datetime:
-    return datetime(2026, 1, 1, hour, minute, second, microsecond, tzinfo=UTC)
+from tests.ratelimit_cases import NOW, at
 
 
 def anthropic_429(headers: dict[str, str]) -> tuple[Any, ...] | None:
