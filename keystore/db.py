@@ -126,7 +126,7 @@ def connect_read(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-def _alembic_config(conn: Connection) -> Config:
+def _alembic_config(conn: Connection | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     config.attributes["connection"] = conn
@@ -134,9 +134,7 @@ def _alembic_config(conn: Connection) -> Config:
 
 
 def head_revision() -> str:
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
-    head = ScriptDirectory.from_config(config).get_current_head()
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None
     return head
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, case, func, or_, select
@@ -14,10 +14,10 @@ from keystore.audit import AuditWriter
 from keystore.crypto import MasterKey, fingerprint, mask
 from keystore.errors import DuplicateKey, KeyNotFound, LastEnabledKey
 from keystore.models import Key, KeyCreate, KeyPublic, KeyState, KeyUpdate, LeaseSlot
+from keystore.types import as_utc
 
 __all__ = [
     "add_key",
-    "as_utc",
     "delete_key",
     "drop_slots",
     "get_key",
@@ -70,15 +70,6 @@ def slot_usage(
         key_id: SlotUsage(active, uses, as_utc(last))
         for key_id, active, uses, last in conn.execute(query).all()
     }
-
-
-def as_utc(value: datetime | str | None) -> datetime | None:
-    """An aggregate (max/min) of a time column comes back untyped on SQLite: naive text."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def to_public(row: Row[Any], usage: SlotUsage | None, *, now: datetime) -> KeyPublic:

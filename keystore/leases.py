@@ -22,8 +22,8 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, case, func, or_, select
 
 from keystore.audit import AuditWriter
-from keystore.keys import as_utc, drop_slots, keys_t, slots_t
-from keystore.types import UTCDateTime
+from keystore.keys import drop_slots, keys_t, slots_t
+from keystore.types import UTCDateTime, as_utc
 
 __all__ = [
     "Acquired",
