@@ -8,12 +8,10 @@ run resumes from its checkpoint (flows/checkpoint.py) on whichever worker picks 
 
 from __future__ import annotations
 
-import functools
 from datetime import timedelta
 from typing import Any, Literal
 
 import anyio
-import anyio.to_thread
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 
@@ -22,7 +20,7 @@ from flows.deferral import defer_flow_run
 from flows.errors import PoolExhausted, RunFailed
 from flows.observability import publish_pool_artifact
 from flows.policy import Defer, Fail, WaitInline, decide
-from flows.runtime import flow_keystore
+from flows.runtime import flow_keystore, in_thread
 from flows.steps import agent_turn
 from keystore import InvalidInput, Keystore, RotationConfig, utcnow
 
@@ -55,10 +53,6 @@ def _validate(prompt: str, steps: int, followups: list[str] | None) -> None:
         )
 
 
-async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
-
-
 class _Run:
     """The state one execution of a flow run works with."""
 
@@ -73,10 +67,10 @@ class _Run:
         """The primary agent, unless the run is on fallback and the primary is still spent."""
         if not checkpoint.on_fallback:
             return self.agent
-        explained = await _call(self.store.explain, self.agent)
+        explained = await in_thread(self.store.explain, self.agent)
         if explained.chosen is None:
             return config.fallback_provider
-        await _call(
+        await in_thread(
             self.store.record,
             "fallback_ended",
             run_id=self.run_id,
@@ -92,9 +86,9 @@ class _Run:
         if not config.fallback_enabled or exhausted.provider != self.agent:
             return False
         fallback = config.fallback_provider
-        if fallback == self.agent or (await _call(self.store.explain, fallback)).chosen is None:
+        if fallback == self.agent or (await in_thread(self.store.explain, fallback)).chosen is None:
             return False
-        await _call(
+        await in_thread(
             self.store.record,
             "fallback_started",
             run_id=self.run_id,
@@ -106,7 +100,7 @@ class _Run:
         return True
 
     async def defer(self, exhausted: PoolExhausted, until_reset: Any) -> None:
-        resume_at = await _call(
+        resume_at = await in_thread(
             self.store.register_wait,
             run_id=self.run_id,
             provider=exhausted.provider,
@@ -117,7 +111,7 @@ class _Run:
             f"Every {exhausted.provider} key is spent ({exhausted.reason}); "
             f"resuming at {resume_at.isoformat(timespec='seconds')}. {keys}"
         )
-        await _call(
+        await in_thread(
             self.store.record,
             "pool_waiting",
             run_id=self.run_id,
@@ -136,7 +130,7 @@ class _Run:
         await defer_flow_run(context.flow_run.id, until=resume_at, message=message[:2000])
 
     async def fail(self, message: str, exhausted: PoolExhausted) -> None:
-        await _call(
+        await in_thread(
             self.store.record,
             "pool_exhausted",
             run_id=self.run_id,
@@ -148,7 +142,7 @@ class _Run:
 
     async def turn(self, number: int, prompt: str, checkpoint: RunCheckpoint) -> RunCheckpoint:
         while True:
-            config = await _call(self.store.config)
+            config = await in_thread(self.store.config)
             provider = await self.provider_for_turn(checkpoint, config)
             state, send = checkpoint.executor_input(provider, prompt)
             try:
@@ -163,7 +157,7 @@ class _Run:
             except PoolExhausted as exhausted:
                 if await self.try_fallback(checkpoint, config, exhausted):
                     checkpoint = checkpoint.model_copy(update={"on_fallback": True})
-                    await _call(save_checkpoint, self.store, self.run_id, checkpoint)
+                    await in_thread(save_checkpoint, self.store, self.run_id, checkpoint)
                     continue
                 await self.on_exhausted(exhausted, config)
                 continue
@@ -172,7 +166,7 @@ class _Run:
             checkpoint = checkpoint.with_turn(record, new_state).model_copy(
                 update={"on_fallback": on_fallback}
             )
-            await _call(save_checkpoint, self.store, self.run_id, checkpoint)
+            await in_thread(save_checkpoint, self.store, self.run_id, checkpoint)
             self.logger.info(
                 "turn %d done on %s key %d (%s)", number, provider, record.key_id, record.key_name
             )
@@ -217,11 +211,11 @@ async def agent_run(
     run_id = str(flow_run.id)
     store = flow_keystore()
     run = _Run(store, run_id, agent, model, deployed=flow_run.deployment_id is not None)
-    checkpoint = await _call(load_checkpoint, store, run_id)
-    due = await _call(store.clear_wait, run_id)
+    checkpoint = await in_thread(load_checkpoint, store, run_id)
+    due = await in_thread(store.clear_wait, run_id)
     if due is not None:
         lateness_s = (utcnow() - due).total_seconds()
-        await _call(
+        await in_thread(
             store.record,
             "pool_resumed",
             run_id=run_id,

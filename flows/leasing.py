@@ -8,14 +8,12 @@ third of the TTL while the block runs, and releases in `finally`, also on cancel
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-import anyio.to_thread
 
-from flows.runtime import flow_keystore
+from flows.runtime import flow_keystore, in_thread
 from keystore import Keystore, Lease, NoKeyAvailable
 
 __all__ = ["leased_key"]
@@ -34,10 +32,9 @@ async def leased_key(
     that is merely busy (every usable key leased by someone else) is waited for, polling: leases
     end when their holders finish, so that is a queue, not a limit."""
     store = store or flow_keystore()
-    acquire = functools.partial(store.acquire, provider=provider, holder=holder, ttl_s=ttl_s)
     while True:
         try:
-            lease = await anyio.to_thread.run_sync(acquire)
+            lease = await in_thread(store.acquire, provider=provider, holder=holder, ttl_s=ttl_s)
             break
         except NoKeyAvailable as exhausted:
             if busy_poll_s is None or exhausted.reason != "all_busy":
@@ -48,5 +45,5 @@ async def leased_key(
         yield lease
     finally:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(keeper.stop)
-            await anyio.to_thread.run_sync(store.release, lease)
+            await in_thread(keeper.stop)
+            await in_thread(store.release, lease)

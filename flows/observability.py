@@ -14,6 +14,7 @@ from typing import Any
 from prefect.artifacts import acreate_table_artifact
 from prefect.events import emit_event
 
+from flows.runtime import in_thread
 from keystore import AuditEventPublic, Keystore
 
 __all__ = ["emit_audit_event", "pool_table", "publish_pool_artifact"]
@@ -79,10 +80,8 @@ def pool_table(store: Keystore, provider: str) -> list[dict[str, Any]]:
 
 async def publish_pool_artifact(store: Keystore, provider: str, *, why: str) -> None:
     """The pool as the run saw it at a rotation or deferral (masked keys only)."""
-    import anyio.to_thread
-
     try:
-        rows = await anyio.to_thread.run_sync(pool_table, store, provider)
+        rows = await in_thread(pool_table, store, provider)
         await acreate_table_artifact(
             table=rows, key=f"keyrelay-pool-{provider}", description=f"{provider} keys: {why}"
         )

@@ -17,7 +17,7 @@ from keystore import RotationConfig
 
 __all__ = ["BUSY_POLL_S", "Decision", "Defer", "Fail", "WaitInline", "decide"]
 
-BUSY_POLL_S = 1.0  # a busy pool frees a slot whenever a holder releases: look again soon
+BUSY_POLL_S = 0.25  # a busy pool frees a slot whenever a holder releases: look again soon
 
 
 @dataclass(frozen=True)

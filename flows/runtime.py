@@ -3,11 +3,24 @@ row it writes also emitted as a Prefect event."""
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio.to_thread
 
 from keystore import Keystore, Settings, open_keystore
 
-__all__ = ["flow_keystore", "reset_flow_keystore"]
+__all__ = ["flow_keystore", "in_thread", "reset_flow_keystore"]
+
+T = TypeVar("T")
+
+
+async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking keystore call off the event loop (the keystore is synchronous)."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
 
 _lock = threading.Lock()
 _store: Keystore | None = None

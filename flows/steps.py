@@ -11,11 +11,9 @@ A rate limit marks the key (and its group) as cooling and raises `RateLimited`; 
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import anyio
-import anyio.to_thread
 from prefect import task
 from prefect.context import TaskRunContext
 
@@ -31,12 +29,12 @@ from flows.errors import (
 from flows.executors import KeyRejected, TurnResult, executor_for
 from flows.leasing import leased_key
 from flows.observability import publish_pool_artifact
-from flows.runtime import flow_keystore
+from flows.policy import BUSY_POLL_S
+from flows.runtime import flow_keystore, in_thread
 from keystore import Keystore, Lease, NoKeyAvailable, RateLimitSignal, Settings
 
 __all__ = ["MAX_ATTEMPTS_PER_TURN", "agent_turn", "turn_cache_key"]
 
-BUSY_POLL_S = 0.25  # how often a turn looks again while every key is leased by other runs
 MAX_ATTEMPTS_PER_TURN = 25  # each attempt after the first needs a new rate limit to happen
 OVERLOAD_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 _previous_key: dict[str, int] = {}  # task run id -> key the last attempt was refused on
@@ -70,9 +68,7 @@ async def _classify(
     if signal.kind == "overloaded":
         await anyio.sleep(OVERLOAD_BACKOFF_S[min(attempt - 1, len(OVERLOAD_BACKOFF_S) - 1)])
         raise Overloaded(f"{who}: provider overloaded ({signal.source}); backing off", lease.key_id)
-    marked = await anyio.to_thread.run_sync(
-        functools.partial(store.mark_limited, lease.key_id, signal, run_id=run_id)
-    )
+    marked = await in_thread(store.mark_limited, lease.key_id, signal, run_id=run_id)
     if signal.kind == "quota_exhausted" and not signal.retryable and marked.scope == "unusable":
         raise StepFailed(
             f"{who}: quota exhausted ({signal.source}), not retryable: a person must "
@@ -112,16 +108,14 @@ async def agent_turn(
         async with leased_key(agent, holder=holder, store=store, busy_poll_s=BUSY_POLL_S) as lease:
             refused = _previous_key.pop(task_run_id, None)
             if refused is not None and refused != lease.key_id:
-                await anyio.to_thread.run_sync(
-                    functools.partial(
-                        store.record,
-                        "key_rotated",
-                        key_id=lease.key_id,
-                        run_id=run_id,
-                        from_key=refused,
-                        turn=turn,
-                        attempt=attempt,
-                    )
+                await in_thread(
+                    store.record,
+                    "key_rotated",
+                    key_id=lease.key_id,
+                    run_id=run_id,
+                    from_key=refused,
+                    turn=turn,
+                    attempt=attempt,
                 )
             executor = executor_for(agent, **_executor_options(agent, run_id))
             try:
@@ -129,13 +123,11 @@ async def agent_turn(
                     lease, prompt=prompt, model=model, checkpoint=checkpoint
                 )
             except KeyRejected as exc:
-                await anyio.to_thread.run_sync(
-                    functools.partial(
-                        store.mark_unusable,
-                        lease.key_id,
-                        f"rejected by the provider: {exc.message}",
-                        run_id=run_id,
-                    )
+                await in_thread(
+                    store.mark_unusable,
+                    lease.key_id,
+                    f"rejected by the provider: {exc.message}",
+                    run_id=run_id,
                 )
                 _previous_key[task_run_id] = lease.key_id
                 raise KeyRevoked(
@@ -147,9 +139,7 @@ async def agent_turn(
                 await _classify(store, lease, outcome, run_id=run_id, attempt=attempt)
             assert isinstance(outcome, TurnResult)
             if outcome.utilization is not None:
-                await anyio.to_thread.run_sync(
-                    store.record_utilization, lease.key_id, outcome.utilization
-                )
+                await in_thread(store.record_utilization, lease.key_id, outcome.utilization)
             record = TurnRecord(
                 turn=turn,
                 agent=agent,
