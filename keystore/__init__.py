@@ -4,7 +4,7 @@ Importable without Prefect or FastAPI. See `open_keystore` and `Keystore`."""
 
 from keystore.clock import Clock, ManualClock, utcnow
 from keystore.config import RotationConfig
-from keystore.cooling import Marked
+from keystore.cooling import Marked, Scope
 from keystore.crypto import MasterKey, fingerprint, mask
 from keystore.errors import (
     ConfigError,
@@ -23,7 +23,8 @@ from keystore.lease import Lease
 from keystore.models import PROVIDERS, AuditEventPublic, KeyPublic, Provider
 from keystore.ratelimits.signal import RateLimitSignal
 from keystore.settings import Settings
-from keystore.store import Explanation, Keystore, PoolStatus, open_keystore
+from keystore.store import Keystore, open_keystore
+from keystore.views import Explanation, PoolStatus
 
 __all__ = [
     "PROVIDERS",
@@ -51,6 +52,7 @@ __all__ = [
     "RateLimitSignal",
     "RequestTooLarge",
     "RotationConfig",
+    "Scope",
     "Settings",
     "fingerprint",
     "mask",

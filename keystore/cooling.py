@@ -13,20 +13,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, or_, select
 
 from keystore.audit import AuditWriter
+from keystore.eligibility import cooling_at
 from keystore.errors import KeyNotFound
 from keystore.keys import keys_t
-from keystore.models import AuditEvent
+from keystore.models import UnusableKind
 from keystore.ratelimits.signal import RateLimitSignal
 
 __all__ = [
     "IP_WIDE_GROUPS",
     "IP_WIDE_WINDOW_S",
     "Marked",
+    "Scope",
     "earliest_reset",
     "mark_limited",
     "record_utilization",
@@ -35,7 +38,16 @@ __all__ = [
 
 IP_WIDE_GROUPS = 3
 IP_WIDE_WINDOW_S = 5.0
-_audit_t = AuditEvent.__table__  # type: ignore[attr-defined]
+
+
+class Scope(StrEnum):
+    """How far a limit signal reached."""
+
+    NONE = "none"  # nothing cools (overload, a request too large)
+    KEY = "key"  # this key cools
+    GROUP = "group"  # every key of its group cools (an org-wide limit)
+    IP = "ip"  # every key of the provider cools briefly (429s without reset on many groups)
+    UNUSABLE = "unusable"  # out of the pool until a person resets it
 
 
 @dataclass(frozen=True)
@@ -44,7 +56,7 @@ class Marked:
 
     key_ids: tuple[int, ...]
     cooling_until: datetime | None
-    scope: str  # "none" | "key" | "group" | "ip" | "unusable"
+    scope: Scope
 
 
 def _group_of(row: Any) -> str:
@@ -52,17 +64,14 @@ def _group_of(row: Any) -> str:
 
 
 def _recent_unreset_groups(conn: Connection, *, provider: str, now: datetime) -> set[str]:
+    """Groups of the provider whose keys got a limit without reset information just now."""
     since = now - timedelta(seconds=IP_WIDE_WINDOW_S)
     rows = conn.execute(
-        select(_audit_t.c.details).where(
-            _audit_t.c.type == "key_rate_limited", _audit_t.c.at >= since
+        select(keys_t.c.id, keys_t.c.group).where(
+            keys_t.c.provider == provider, keys_t.c.unreset_limit_at >= since
         )
-    ).scalars()
-    return {
-        d["group"]
-        for d in rows
-        if d.get("provider") == provider and d.get("resets_at") is None and d.get("group")
-    }
+    ).all()
+    return {_group_of(row) for row in rows}
 
 
 def mark_limited(
@@ -82,16 +91,18 @@ def mark_limited(
     bump: dict[str, Any] = {"rate_limit_hits": keys_t.c.rate_limit_hits + 1, "updated_at": now}
     if signal.utilization is not None:
         bump["utilization"] = signal.utilization
+    if signal.cools_key and signal.resets_at is None:
+        bump["unreset_limit_at"] = now
     conn.execute(keys_t.update().where(keys_t.c.id == key_id).values(**bump))
 
-    marked = Marked((), None, "none")
+    marked = Marked((), None, Scope.NONE)
     if signal.cools_key:
         if signal.resets_at is None and not signal.retryable and signal.kind == "quota_exhausted":
             marked = _mark_unusable(conn, row, signal, now=now)
         else:
             marked = _cool(conn, row, signal, now=now, no_reset_cooldown_s=no_reset_cooldown_s)
         if signal.resets_at is None:
-            groups = _recent_unreset_groups(conn, provider=row.provider, now=now) | {group}
+            groups = _recent_unreset_groups(conn, provider=row.provider, now=now)
             if len(groups) >= IP_WIDE_GROUPS:
                 marked = _cool_ip_wide(conn, row.provider, now=now, cooldown_s=no_reset_cooldown_s)
     audit.record(
@@ -105,7 +116,7 @@ def mark_limited(
         source=signal.source,
         retryable=signal.retryable,
         utilization=signal.utilization,
-        scope=marked.scope,
+        scope=marked.scope.value,
         cooled=list(marked.key_ids),
         cooling_until=marked.cooling_until,
     )
@@ -124,10 +135,10 @@ def _cool(
     if until <= now:
         until = now + timedelta(seconds=1)  # "reset now" still means "not this instant"
     target = keys_t.c.id == row.id
-    scope = "key"
+    scope = Scope.KEY
     if row.group:
         target = and_(keys_t.c.provider == row.provider, keys_t.c.group == row.group)
-        scope = "group"
+        scope = Scope.GROUP
     reason = f"{signal.kind} ({signal.source})"
     ids = tuple(
         conn.execute(
@@ -145,10 +156,16 @@ def _mark_unusable(conn: Connection, row: Any, signal: RateLimitSignal, *, now: 
     reason = (
         f"{signal.kind} ({signal.source}): needs a person; `keyrelay keys reset {row.id}` after"
     )
-    conn.execute(
-        keys_t.update().where(keys_t.c.id == row.id).values(unusable_reason=reason, updated_at=now)
-    )
-    return Marked((row.id,), None, "unusable")
+    _bench(conn, row.id, reason=reason, kind="quota", now=now)
+    return Marked((row.id,), None, Scope.UNUSABLE)
+
+
+def _bench(conn: Connection, key_id: int, *, reason: str, kind: UnusableKind, now: datetime) -> int:
+    return conn.execute(
+        keys_t.update()
+        .where(keys_t.c.id == key_id)
+        .values(unusable_reason=reason, unusable_kind=kind, unusable_since=now, updated_at=now)
+    ).rowcount
 
 
 def _cool_ip_wide(conn: Connection, provider: str, *, now: datetime, cooldown_s: float) -> Marked:
@@ -165,30 +182,31 @@ def _cool_ip_wide(conn: Connection, provider: str, *, now: datetime, cooldown_s:
         keys_t.update()
         .where(
             mine,
-            keys_t.c.unusable_reason.like("quota_exhausted%"),
-            keys_t.c.updated_at >= now - timedelta(seconds=IP_WIDE_WINDOW_S),
+            keys_t.c.unusable_kind == "quota",
+            keys_t.c.unusable_since >= now - timedelta(seconds=IP_WIDE_WINDOW_S),
         )
-        .values(unusable_reason=None)
+        .values(unusable_reason=None, unusable_kind=None, unusable_since=None)
     )
     ids = tuple(
         conn.execute(
             select(keys_t.c.id).where(mine, keys_t.c.cooling_until >= until).order_by(keys_t.c.id)
         ).scalars()
     )
-    return Marked(ids, until, "ip")
+    return Marked(ids, until, Scope.IP)
 
 
 def set_unusable(
-    conn: Connection, key_id: int, *, reason: str, audit: AuditWriter, run_id: str | None = None
+    conn: Connection,
+    key_id: int,
+    *,
+    reason: str,
+    kind: UnusableKind,
+    audit: AuditWriter,
+    run_id: str | None = None,
 ) -> None:
-    updated = conn.execute(
-        keys_t.update()
-        .where(keys_t.c.id == key_id)
-        .values(unusable_reason=reason, updated_at=audit.now)
-    ).rowcount
-    if not updated:
+    if not _bench(conn, key_id, reason=reason, kind=kind, now=audit.now):
         raise KeyNotFound(key_id)
-    audit.record("key_unusable", key_id=key_id, run_id=run_id, reason=reason)
+    audit.record("key_unusable", key_id=key_id, run_id=run_id, reason=reason, kind=kind)
 
 
 def record_utilization(conn: Connection, key_id: int, utilization: float, *, now: datetime) -> None:
@@ -203,9 +221,6 @@ def earliest_reset(conn: Connection, provider: str, *, now: datetime) -> datetim
     """Earliest cooling_until among the provider's enabled, usable keys that are cooling now."""
     return conn.execute(
         select(func.min(keys_t.c.cooling_until)).where(
-            keys_t.c.provider == provider,
-            keys_t.c.enabled.is_(True),
-            keys_t.c.unusable_reason.is_(None),
-            keys_t.c.cooling_until > now,
+            keys_t.c.provider == provider, cooling_at(now)
         )
     ).scalar()

@@ -1,13 +1,21 @@
 """Engine and transactions. SQLite (WAL, busy timeout, BEGIN IMMEDIATE) by default, PostgreSQL by
-URL. The schema is owned by Alembic: `upgrade()` runs at open, never `create_all`."""
+URL. The schema is owned by Alembic: `upgrade()` runs at open, never `create_all`.
+
+`Database` is how the keystore talks to it: read transactions, write transactions that carry an
+audit writer, and single autocommitted statements for the lease hot path. All three retry what is
+worth retrying (a dropped connection, a deadlock or serialization failure) with bounded backoff,
+in one place (`_retrying`)."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -15,8 +23,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from keystore.audit import AuditEventPublic, AuditWriter
 
 __all__ = [
+    "Database",
     "connect_read",
     "create_keystore_engine",
     "normalize_url",
@@ -24,6 +36,13 @@ __all__ = [
     "upgrade",
     "upgrade_database",
 ]
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+_RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
+# Waits before each retry of a transient failure: about 16 s in all, enough for a PostgreSQL
+# restart or a failover, short enough that a caller with a deadline hears about it.
+RETRY_DELAYS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -187,3 +206,111 @@ def upgrade_database(url: str) -> str:
         engine.dispose()
     assert revision is not None
     return revision
+
+
+def _transient(exc: DBAPIError, dialect: str) -> bool:
+    """A failure that a fresh attempt may not meet: the connection died (a server restart, a
+    dropped socket), PostgreSQL could not be reached, or it chose this transaction as a deadlock
+    or serialization victim. Everything else (a constraint, a locked SQLite file after its busy
+    timeout) is the caller's to see at once."""
+    if exc.connection_invalidated:
+        return True
+    if dialect != "postgresql":
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    # psycopg's OperationalError without a SQLSTATE: it could not connect (refused, reset).
+    return sqlstate in _RETRYABLE_SQLSTATES or (isinstance(exc, OperationalError) and not sqlstate)
+
+
+def _retrying(
+    attempt: Callable[[], T], *, what: str, dialect: str, sleep: Callable[[float], None]
+) -> T:
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            return attempt()
+        except DBAPIError as exc:
+            if delay is None or not _transient(exc, dialect):
+                raise
+            log.warning("keystore %s failed (%s); retrying in %.2f s", what, exc.orig, delay)
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class Database:
+    """The keystore's database: one engine (and, on PostgreSQL, a second one whose commits do not
+    wait for the WAL flush, for writes whose loss is harmless: see `transaction`)."""
+
+    def __init__(self, engine: Engine, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.engine = engine
+        self._relaxed: Engine | None = None
+        self._sleep = sleep
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def read(self, body: Callable[[Connection], T]) -> T:
+        def attempt() -> T:
+            with connect_read(self.engine) as conn:
+                return body(conn)
+
+        return self._retrying(attempt, "read")
+
+    def write(
+        self,
+        body: Callable[[AuditWriter], T],
+        *,
+        now: Callable[[], datetime],
+        durable: bool = True,
+    ) -> tuple[T, list[AuditEventPublic]]:
+        """Run `body` in one write transaction; returns its result and the audit rows it wrote
+        (for the hooks to see once they are committed)."""
+
+        def attempt() -> tuple[T, list[AuditEventPublic]]:
+            with transaction(self.engine, durable=durable) as conn:
+                writer = AuditWriter(conn, now())
+                result = body(writer)
+            return result, writer.written
+
+        return self._retrying(attempt, "write")
+
+    def statement(self, body: Callable[[Connection], T], *, durable: bool = True) -> T:
+        """Run `body`, which issues exactly ONE write statement, in the cheapest safe way.
+
+        PostgreSQL: on an autocommit connection (no BEGIN/COMMIT round trips: the statement is
+        its own transaction); `durable=False` uses connections whose commits do not wait for the
+        WAL flush. SQLite: a normal write transaction. A statement retried after its connection
+        died may already have been applied: every caller's statement is safe to apply twice or
+        leaves at worst a lease that frees itself at its expiry."""
+        if self.dialect != "postgresql":
+
+            def in_transaction() -> T:
+                with transaction(self.engine, durable=durable) as conn:
+                    return body(conn)
+
+            return self._retrying(in_transaction, "statement")
+        engine = self.engine if durable else self._relaxed_engine()
+
+        def autocommitted() -> T:
+            with engine.connect() as conn:
+                return body(conn.execution_options(isolation_level="AUTOCOMMIT"))
+
+        return self._retrying(autocommitted, "statement")
+
+    def _retrying(self, attempt: Callable[[], T], what: str) -> T:
+        return _retrying(attempt, what=what, dialect=self.dialect, sleep=self._sleep)
+
+    def _relaxed_engine(self) -> Engine:
+        if self._relaxed is None:
+            url = self.engine.url
+            given = url.query.get("options")
+            given = " ".join(given) if isinstance(given, tuple) else given
+            options = " ".join(filter(None, [given, "-c synchronous_commit=off"]))
+            relaxed = url.update_query_dict({"options": options})  # keeps e.g. a search_path
+            self._relaxed = create_keystore_engine(relaxed.render_as_string(hide_password=False))
+        return self._relaxed
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self._relaxed is not None:
+            self._relaxed.dispose()

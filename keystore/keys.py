@@ -12,8 +12,9 @@ from sqlalchemy.exc import IntegrityError
 
 from keystore.audit import AuditWriter
 from keystore.crypto import MasterKey, fingerprint, mask
+from keystore.eligibility import key_state
 from keystore.errors import DuplicateKey, KeyNotFound, LastEnabledKey
-from keystore.models import Key, KeyCreate, KeyPublic, KeyState, KeyUpdate, LeaseSlot
+from keystore.models import Key, KeyCreate, KeyPublic, KeyUpdate, LeaseSlot
 from keystore.types import as_utc
 
 __all__ = [
@@ -21,7 +22,6 @@ __all__ = [
     "delete_key",
     "drop_slots",
     "get_key",
-    "key_state",
     "list_keys",
     "lock_provider_keys",
     "reset_key",
@@ -32,18 +32,7 @@ __all__ = [
 keys_t = Key.__table__  # type: ignore[attr-defined]
 slots_t = LeaseSlot.__table__  # type: ignore[attr-defined]
 _PUBLIC_COLUMNS = [c for c in keys_t.c if c.name not in ("ciphertext", "updated_at")]
-
-
-def key_state(row: Any, *, active_leases: int, now: datetime) -> KeyState:
-    if not row.enabled:
-        return "disabled"
-    if row.unusable_reason:
-        return "unusable"
-    if row.cooling_until is not None and row.cooling_until > now:
-        return "cooling"
-    if active_leases >= row.max_concurrency:
-        return "busy"
-    return "available"
+_SHOWN = frozenset(KeyPublic.model_fields)
 
 
 @dataclass(frozen=True)
@@ -73,7 +62,7 @@ def slot_usage(
 
 
 def to_public(row: Row[Any], usage: SlotUsage | None, *, now: datetime) -> KeyPublic:
-    data = {c.name: getattr(row, c.name) for c in _PUBLIC_COLUMNS if c.name != "unusable_reason"}
+    data = {c.name: getattr(row, c.name) for c in _PUBLIC_COLUMNS if c.name in _SHOWN}
     active = usage.active if usage else 0
     if usage:
         data["uses"] = row.uses + usage.uses
@@ -190,6 +179,8 @@ def update_key(
             "fingerprint": fp,
             "masked": mask(secret),
             "unusable_reason": None,
+            "unusable_kind": None,
+            "unusable_since": None,
         }
     if not changes:
         return
@@ -228,7 +219,15 @@ def reset_key(conn: Connection, key_id: int, *, audit: AuditWriter) -> None:
     updated = conn.execute(
         keys_t.update()
         .where(keys_t.c.id == key_id)
-        .values(cooling_until=None, cooling_reason=None, unusable_reason=None, updated_at=audit.now)
+        .values(
+            cooling_until=None,
+            cooling_reason=None,
+            unusable_reason=None,
+            unusable_kind=None,
+            unusable_since=None,
+            unreset_limit_at=None,
+            updated_at=audit.now,
+        )
     ).rowcount
     if not updated:
         raise KeyNotFound(key_id)

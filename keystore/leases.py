@@ -22,6 +22,8 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, case, func, or_, select
 
 from keystore.audit import AuditWriter
+from keystore.eligibility import key_state, usable_at
+from keystore.errors import NoKeyAvailable
 from keystore.keys import drop_slots, keys_t, slots_t
 from keystore.types import UTCDateTime, as_utc
 
@@ -32,6 +34,7 @@ __all__ = [
     "acquire_slot",
     "candidates",
     "drop_surplus_slot",
+    "exhausted",
     "reclaim_expired",
     "release_lease",
     "renew_lease",
@@ -61,7 +64,8 @@ def _last_use() -> Any:
 
 
 def _pick_slot() -> Any:
-    """The best free slot of a provider (bind parameters: p_provider, p_now, p_threshold)."""
+    """The best free slot of a provider (bind parameters: p_provider, p_now, p_threshold, and
+    p_prefer: the key the holder used last, which it keeps while that key can serve)."""
     k, s = keys_t.c, slots_t.c
     now = bindparam("p_now", type_=UTCDateTime)
     s2, k2 = slots_t.alias("over_cap"), keys_t.alias("over_cap_key")
@@ -80,14 +84,13 @@ def _pick_slot() -> Any:
         )
         .where(
             k.provider == bindparam("p_provider"),
-            k.enabled.is_(True),
-            k.unusable_reason.is_(None),
-            or_(k.cooling_until.is_(None), k.cooling_until <= now),
+            usable_at(now),
             s.slot < k.max_concurrency,
             or_(s.expires_at.is_(None), s.expires_at <= now),
             s.key_id.not_in(over_cap_keys),
         )
         .order_by(
+            case((k.id == bindparam("p_prefer"), 0), else_=1),
             k.priority,
             case((k.utilization >= bindparam("p_threshold"), 1), else_=0),
             func.coalesce(last_use.c.at, k.last_used_at).asc().nulls_first(),
@@ -138,6 +141,7 @@ def acquire_slot(
     holder: str,
     ttl_s: float,
     threshold: float,
+    prefer: int | None = None,
 ) -> Acquired | None:
     """Take the best free slot, or None when no slot is free (or all free ones are being taken by
     concurrent transactions right now: the caller tells the two apart with `candidates`).
@@ -149,6 +153,7 @@ def acquire_slot(
         "p_provider": provider,
         "p_now": now,
         "p_threshold": threshold,
+        "p_prefer": prefer,
         "p_holder": holder,
         "p_lease_id": lease_id,
         "p_expires_at": expires_at,
@@ -257,9 +262,10 @@ class Candidate:
 
 
 def candidates(
-    conn: Connection, *, provider: str, now: datetime, threshold: float
+    conn: Connection, *, provider: str, now: datetime, threshold: float, prefer: int | None = None
 ) -> list[Candidate]:
-    """Every key of the provider with whether it is eligible now and why (in selection order)."""
+    """Every key of the provider with whether it is eligible now and why (in selection order;
+    `prefer` as in acquire_slot)."""
     k, s = keys_t.c, slots_t.c
     active = (
         select(
@@ -279,39 +285,76 @@ def candidates(
         .outerjoin(last_use, last_use.c.key_id == k.id)
         .where(k.provider == provider)
     ).all()
-    result = [_candidate(r, leases.get(r.id), now=now, threshold=threshold) for r in rows]
+    result = [
+        _candidate(r, leases.get(r.id), now=now, threshold=threshold, prefer=prefer) for r in rows
+    ]
     return sorted(result, key=lambda c: c.sort_key)
 
 
-def _candidate(row: Any, lease: Any, *, now: datetime, threshold: float) -> Candidate:
+def _candidate(
+    row: Any, lease: Any, *, now: datetime, threshold: float, prefer: int | None
+) -> Candidate:
     active = lease.in_cap if lease else 0
     next_expiry = lease.next_expiry if lease else None
     over = row.utilization is not None and row.utilization >= threshold
     last_used = as_utc(row.key_last_used)
-    sort_key = (row.priority, over, last_used is not None, last_used or now, row.id)
-    eligible, state = False, "available"
-    if not row.enabled:
-        reason, state = "disabled", "disabled"
-    elif row.unusable_reason:
-        reason, state = f"unusable: {row.unusable_reason}", "unusable"
-    elif row.cooling_until is not None and row.cooling_until > now:
+    preferred = row.id == prefer
+    sort_key = (not preferred, row.priority, over, last_used is not None, last_used or now, row.id)
+    state = key_state(row, active_leases=active, now=now)
+    over_cap = bool(lease and lease.over_cap) and state in ("available", "busy")
+    if over_cap:
+        state = "busy"
+    if state == "disabled":
+        reason = "disabled"
+    elif state == "unusable":
+        reason = f"unusable: {row.unusable_reason}"
+    elif state == "cooling":
         why = f" ({row.cooling_reason})" if row.cooling_reason else ""
-        reason, state = (
-            f"cooling until {row.cooling_until.isoformat(timespec='seconds')}{why}",
-            "cooling",
+        reason = f"cooling until {row.cooling_until.isoformat(timespec='seconds')}{why}"
+    elif over_cap:
+        reason = (
+            f"busy: {active} leases out after max_concurrency was lowered to {row.max_concurrency}"
         )
-    elif lease and lease.over_cap:
-        reason, state = (
-            f"busy: {active} leases out after max_concurrency was lowered to {row.max_concurrency}",
-            "busy",
-        )
-    elif active >= row.max_concurrency:
-        reason, state = f"busy: {active}/{row.max_concurrency} leases in use", "busy"
+    elif state == "busy":
+        reason = f"busy: {active}/{row.max_concurrency} leases in use"
     else:
-        eligible = True
         reason = f"available: {active}/{row.max_concurrency} leases in use"
+        if preferred:
+            reason += ", the run's key (affinity: kept while it can serve)"
         if over:
             reason += f", utilization {row.utilization:.2f} >= {threshold} (chosen last)"
     return Candidate(
-        row.id, row.name, eligible, reason, sort_key, row.cooling_until, next_expiry, state
+        row.id,
+        row.name,
+        state == "available",
+        reason,
+        sort_key,
+        row.cooling_until,
+        next_expiry,
+        state,
+    )
+
+
+def exhausted(found: list[Candidate], *, provider: str, now: datetime) -> NoKeyAvailable | None:
+    """Why nothing could be leased, and when something may free up; None when a candidate is
+    eligible after all (on PostgreSQL, concurrent acquirers were taking the free slots: look
+    again)."""
+    if any(c.eligible for c in found):
+        return None
+    usable = [c for c in found if c.state not in ("disabled", "unusable")]
+    detail = [f"key {c.id} ({c.name}): {c.reason}" for c in found]
+    if not usable:
+        return NoKeyAvailable(provider, reason="none_enabled", retry_at=None, detail=detail)
+    times = [
+        t
+        for c in usable
+        for t in (c.cooling_until, c.next_lease_expiry)
+        if t is not None and t > now
+    ]
+    busy = any(c.state == "busy" for c in usable)
+    return NoKeyAvailable(
+        provider,
+        reason="all_busy" if busy else "all_cooling",
+        retry_at=min(times, default=now),
+        detail=detail,
     )

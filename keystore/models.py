@@ -31,11 +31,15 @@ __all__ = [
     "LeaseSlot",
     "Provider",
     "RunWait",
+    "UnusableKind",
 ]
 
 Provider = Literal["claude-code", "anthropic", "openai"]
 PROVIDERS: tuple[Provider, ...] = ("claude-code", "anthropic", "openai")
 KeyState = Literal["available", "busy", "cooling", "disabled", "unusable"]
+# Why a key is out of the pool until a person resets it: a quota only a person lifts, the
+# provider rejected the key, it does not decrypt, or an operator said so.
+UnusableKind = Literal["quota", "rejected", "decrypt"]
 
 MAX_CONCURRENCY_CAP = 1000  # one slot row per unit of concurrency; keep the table small
 PRIORITY_MIN, PRIORITY_MAX = -1_000_000, 1_000_000
@@ -112,6 +116,9 @@ class Key(KeyBase, table=True):
     fingerprint: str = Field(sa_type=String(16), unique=True)
     masked: str = Field(sa_type=String(32))
     unusable_reason: str | None = None
+    unusable_kind: str | None = Field(default=None, sa_type=String(16))  # see UnusableKind
+    unusable_since: datetime | None = _utc_column()
+    unreset_limit_at: datetime | None = _utc_column()  # last limit that named no reset
     cooling_until: datetime | None = _utc_column()
     cooling_reason: str | None = None
     utilization: float | None = None

@@ -5,7 +5,9 @@
     with ks.lease(provider="anthropic", holder="my-job") as lease:
         client = Anthropic(api_key=lease.secret(), max_retries=0)
 
-Every method is one short transaction. Audit hooks run after commit."""
+Every method validates its arguments and runs one short transaction through `Database`; the
+work itself lives in the modules named for it (keys, leases, cooling, waits, checkpoints,
+rekey, views). Audit hooks run after commit."""
 
 from __future__ import annotations
 
@@ -13,78 +15,36 @@ import contextlib
 import functools
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
-from sqlalchemy import Connection, Engine, select
-from sqlalchemy.exc import OperationalError
+from pydantic import ValidationError
+from sqlalchemy import Connection, Engine
 
 from keystore import audit as audit_log
-from keystore import cooling, keys, leases, waits
+from keystore import checkpoints, cooling, keys, leases, rekey, views, waits
 from keystore.clock import Clock, utcnow
 from keystore.config import RotationConfig, load_config, save_config, updated_config
 from keystore.crypto import MasterKey
-from keystore.db import connect_read, create_keystore_engine, transaction, upgrade
+from keystore.db import Database, create_keystore_engine, upgrade
 from keystore.errors import InvalidInput, KeyNotFound, LeaseLost, MasterKeyError, NoKeyAvailable
+from keystore.keepalive import KeepAlive
 from keystore.lease import Lease
 from keystore.migrate import migrate_env_tokens
-from keystore.models import (
-    KEY_ID_MAX,
-    PROVIDERS,
-    AuditEventPublic,
-    Checkpoint,
-    KeyCreate,
-    KeyPublic,
-    KeyUpdate,
-)
+from keystore.models import KEY_ID_MAX, PROVIDERS, AuditEventPublic, KeyCreate, KeyPublic, KeyUpdate
 from keystore.ratelimits.signal import RateLimitSignal
 from keystore.settings import Settings
+from keystore.views import Explanation, PoolStatus
 
-__all__ = [
-    "CandidatePublic",
-    "Explanation",
-    "KeepAlive",
-    "Keystore",
-    "PoolStatus",
-    "ProviderStatus",
-    "open_keystore",
-]
+__all__ = ["Keystore", "open_keystore"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-_RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
 _CONTENDED_RETRIES = 50
-CONFIG_CACHE_S = 1.0
-AUDIT_LIMIT_MAX = 10_000  # how stale a worker's view of RotationConfig may be
-
-
-class ProviderStatus(BaseModel):
-    total: int
-    available: int
-    busy: int
-    cooling: int
-    disabled: int  # includes keys that are unusable (failed to decrypt, need a person)
-    earliest_reset: datetime | None
-
-
-class PoolStatus(BaseModel):
-    providers: dict[str, ProviderStatus]
-    keys: list[KeyPublic]
-
-
-class CandidatePublic(BaseModel):
-    id: int
-    eligible: bool
-    reason: str
-
-
-class Explanation(BaseModel):
-    chosen: int | None
-    candidates: list[CandidatePublic]
+CONFIG_CACHE_S = 1.0  # how stale a worker's view of RotationConfig may be
+AUDIT_LIMIT_MAX = 10_000
 
 
 def _invalid(exc: ValidationError) -> InvalidInput:
@@ -108,12 +68,15 @@ def _check_provider(provider: str) -> None:
 
 class Keystore:
     def __init__(self, engine: Engine, master: MasterKey, *, clock: Clock = utcnow) -> None:
-        self.engine = engine
+        self.db = Database(engine)
         self.master = master
         self._clock = clock
         self._hooks: list[audit_log.AuditHook] = []
         self._config_cache: tuple[float, RotationConfig] | None = None
-        self._relaxed: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        return self.db.engine
 
     # -- plumbing -------------------------------------------------------------------------------
     def now(self) -> datetime:
@@ -125,59 +88,16 @@ class Keystore:
     def remove_audit_hook(self, hook: audit_log.AuditHook) -> None:
         self._hooks.remove(hook)
 
-    def _write(self, body: Callable[[audit_log.AuditWriter], T], *, durable: bool = True) -> T:
-        for attempt in range(5):
-            try:
-                with transaction(self.engine, durable=durable) as conn:
-                    writer = audit_log.AuditWriter(conn, self._clock())
-                    result = body(writer)
-                break
-            except OperationalError as exc:
-                retryable = (
-                    exc.connection_invalidated
-                    or getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
-                )
-                if not retryable or attempt == 4:
-                    raise
-        audit_log.fire_hooks(self._hooks, writer.written)
+    def _write(self, body: Callable[[audit_log.AuditWriter], T]) -> T:
+        result, written = self.db.write(body, now=self._clock)
+        audit_log.fire_hooks(self._hooks, written)
         return result
 
-    def _statement(self, body: Callable[[Connection], T], *, durable: bool = True) -> T:
-        """Run `body`, which issues exactly ONE write statement, in the cheapest safe way.
-
-        PostgreSQL: on an autocommit connection (no BEGIN/COMMIT round trips: the statement is
-        its own transaction); `durable=False` uses connections whose commits do not wait for the
-        WAL flush (see db.transaction). SQLite: a normal write transaction."""
-        if self.engine.dialect.name != "postgresql":
-            return self._write(lambda w: body(w.conn), durable=durable)
-        engine = self.engine if durable else self._relaxed_engine()
-        for attempt in range(5):
-            try:
-                with engine.connect() as conn:
-                    return body(conn.execution_options(isolation_level="AUTOCOMMIT"))
-            except OperationalError as exc:
-                if not exc.connection_invalidated or attempt == 4:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _relaxed_engine(self) -> Engine:
-        if self._relaxed is None:
-            url = self.engine.url
-            given = url.query.get("options")
-            given = " ".join(given) if isinstance(given, tuple) else given
-            options = " ".join(filter(None, [given, "-c synchronous_commit=off"]))
-            relaxed = url.update_query_dict({"options": options})  # keeps e.g. a search_path
-            self._relaxed = create_keystore_engine(relaxed.render_as_string(hide_password=False))
-        return self._relaxed
-
     def _read(self, body: Callable[[Connection], T]) -> T:
-        with connect_read(self.engine) as conn:
-            return body(conn)
+        return self.db.read(body)
 
     def close(self) -> None:
-        self.engine.dispose()
-        if self._relaxed is not None:
-            self._relaxed.dispose()
+        self.db.close()
 
     # -- keys -----------------------------------------------------------------------------------
     def add_key(
@@ -191,18 +111,10 @@ class Keystore:
         enabled: bool = True,
         group: str | None = None,
     ) -> KeyPublic:
+        fields = {"name": name, "provider": provider, "secret": secret, "priority": priority}
+        fields |= {"max_concurrency": max_concurrency, "enabled": enabled, "group": group}
         try:
-            create = KeyCreate.model_validate(
-                {
-                    "name": name,
-                    "provider": provider,
-                    "secret": secret,
-                    "priority": priority,
-                    "max_concurrency": max_concurrency,
-                    "enabled": enabled,
-                    "group": group,
-                }
-            )
+            create = KeyCreate.model_validate(fields)
         except ValidationError as exc:
             raise _invalid(exc) from None
         key_id = self._write(
@@ -252,27 +164,47 @@ class Keystore:
         return [self.get_key(i) for i in ids]
 
     # -- leases ---------------------------------------------------------------------------------
-    def acquire(self, *, provider: str, holder: str, ttl_s: float | None = None) -> Lease:
-        """Lease the best eligible key, or raise NoKeyAvailable(retry_at, reason)."""
+    def acquire(
+        self,
+        *,
+        provider: str,
+        holder: str,
+        ttl_s: float | None = None,
+        prefer_key: int | None = None,
+    ) -> Lease:
+        """Lease the best eligible key, or raise NoKeyAvailable(retry_at, reason).
+
+        `prefer_key`: the key this holder used last; it is taken whenever it can serve (affinity:
+        prompt caches are per organisation), otherwise the usual order applies."""
         _check_provider(provider)
         config = self._recent_config()
         ttl = config.lease_ttl_s if ttl_s is None else ttl_s
         if ttl <= 0:
             raise InvalidInput("ttl_s: must be greater than 0")
+        threshold = config.proactive_threshold
         for _ in range(_CONTENDED_RETRIES):
-            got = self._statement(
-                lambda conn: leases.acquire_slot(
-                    conn,
-                    now=self._clock(),
+            now = self._clock()
+            got = self.db.statement(
+                functools.partial(
+                    leases.acquire_slot,
+                    now=now,
                     provider=provider,
                     holder=holder,
                     ttl_s=ttl,
-                    threshold=config.proactive_threshold,
+                    threshold=threshold,
+                    prefer=prefer_key,
                 )
             )
             if got is None:
-                self._raise_exhausted(provider, config)  # returns only when a slot looked free
-                continue
+                found = self._read(
+                    functools.partial(
+                        leases.candidates, provider=provider, now=now, threshold=threshold
+                    )
+                )
+                error = leases.exhausted(found, provider=provider, now=now)
+                if error is not None:
+                    raise error
+                continue  # PostgreSQL skipped slots other transactions were taking
             if got.reclaimed is not None:  # the slot's previous holder died holding it
                 old_lease, old_holder = got.reclaimed
                 self.record(
@@ -283,7 +215,6 @@ class Keystore:
             except MasterKeyError as exc:
                 self._mark_unusable(got, str(exc))
                 continue
-            ciphertext = got.ciphertext
             return Lease(
                 id=got.lease_id,
                 key_id=got.key_id,
@@ -292,7 +223,7 @@ class Keystore:
                 holder=holder,
                 acquired_at=got.acquired_at,
                 expires_at=got.expires_at,
-                _reveal=functools.partial(self.master.decrypt, ciphertext),
+                _reveal=functools.partial(self.master.decrypt, got.ciphertext),
             )
         raise NoKeyAvailable(
             provider,
@@ -301,44 +232,18 @@ class Keystore:
             detail=["every free slot was taken by concurrent acquirers; retry"],
         )
 
-    def _raise_exhausted(self, provider: str, config: RotationConfig) -> None:
-        now = self._clock()
-        found = self._read(
-            lambda conn: leases.candidates(
-                conn, provider=provider, now=now, threshold=config.proactive_threshold
-            )
-        )
-        if any(c.eligible for c in found):
-            return  # PostgreSQL skipped slots other transactions were taking: look again
-        usable = [c for c in found if c.state not in ("disabled", "unusable")]
-        detail = [f"key {c.id} ({c.name}): {c.reason}" for c in found]
-        if not usable:
-            raise NoKeyAvailable(provider, reason="none_enabled", retry_at=None, detail=detail)
-        times = [
-            t
-            for c in usable
-            for t in (c.cooling_until, c.next_lease_expiry)
-            if t is not None and t > now
-        ]
-        busy = any(c.state == "busy" for c in usable)
-        raise NoKeyAvailable(
-            provider,
-            reason="all_busy" if busy else "all_cooling",
-            retry_at=min(times, default=now),
-            detail=detail,
-        )
-
     def _mark_unusable(self, got: leases.Acquired, why: str) -> None:
         def body(w: audit_log.AuditWriter) -> None:
             leases.release_lease(w.conn, lease_id=got.lease_id)
-            cooling.set_unusable(w.conn, got.key_id, reason=f"decrypt failed: {why}", audit=w)
+            reason = f"decrypt failed: {why}"
+            cooling.set_unusable(w.conn, got.key_id, reason=reason, kind="decrypt", audit=w)
 
         self._write(body)
         log.error("key %s (%s) does not decrypt and was marked unusable", got.key_id, got.key_name)
 
     def renew(self, lease: Lease, ttl_s: float | None = None) -> Lease:
         ttl = self._recent_config().lease_ttl_s if ttl_s is None else ttl_s
-        expires = self._statement(
+        expires = self.db.statement(
             lambda conn: leases.renew_lease(conn, lease_id=lease.id, ttl_s=ttl, now=self._clock()),
             durable=False,  # a renewal lost in a crash is redone at the next third of the TTL
         )
@@ -350,7 +255,7 @@ class Keystore:
     def release(self, lease: Lease) -> bool:
         """Free the lease's slot. False when it had already expired and been reclaimed."""
         # Not durable: a release lost in a crash leaves the slot held until the lease expires.
-        released = self._statement(
+        released = self.db.statement(
             lambda conn: leases.release_lease(conn, lease_id=lease.id), durable=False
         )
         if released.surplus_slot is not None:  # max_concurrency was lowered while it was out
@@ -360,7 +265,9 @@ class Keystore:
 
     @contextlib.contextmanager
     def lease(self, *, provider: str, holder: str, ttl_s: float | None = None) -> Iterator[Lease]:
-        """Acquire, renew every third of the TTL in a background thread, release in `finally`."""
+        """Acquire, renew every third of the TTL in a background thread, release in `finally`.
+        Raises LeaseLost at the end of the block if the lease expired and was reclaimed while
+        the block ran (its slot may have been someone else's meanwhile)."""
         ttl = self._recent_config().lease_ttl_s if ttl_s is None else ttl_s
         held = self.acquire(provider=provider, holder=holder, ttl_s=ttl)
         keeper = self.keep_alive(held, ttl_s=ttl)
@@ -369,6 +276,8 @@ class Keystore:
         finally:
             keeper.stop()
             self.release(held)
+        if keeper.lost:
+            raise LeaseLost(held.id)
 
     def keep_alive(self, lease: Lease, *, ttl_s: float | None = None) -> KeepAlive:
         """Renew `lease` every third of its TTL until `.stop()` (or until it is lost)."""
@@ -391,10 +300,12 @@ class Keystore:
         )
 
     def mark_unusable(self, key_id: int, reason: str, *, run_id: str | None = None) -> None:
-        """Take a key out of the pool until a person resets it (e.g. the provider rejected it)."""
+        """Take a key out of the pool until a person resets it (the provider rejected it)."""
         _check_key_id(key_id)
         self._write(
-            lambda w: cooling.set_unusable(w.conn, key_id, reason=reason, audit=w, run_id=run_id)
+            lambda w: cooling.set_unusable(
+                w.conn, key_id, reason=reason, kind="rejected", audit=w, run_id=run_id
+            )
         )
 
     def record_utilization(self, key_id: int, utilization: float) -> None:
@@ -405,48 +316,21 @@ class Keystore:
         _check_provider(provider)
         return self._read(lambda conn: cooling.earliest_reset(conn, provider, now=self._clock()))
 
-    def explain(self, provider: str) -> Explanation:
-        """Per key, whether it is eligible now and why; `chosen` is the key acquire would take."""
+    def explain(self, provider: str, *, prefer_key: int | None = None) -> Explanation:
+        """Per key, whether it is eligible now and why; `chosen` is the key acquire would take
+        (for a holder whose last key was `prefer_key`)."""
         _check_provider(provider)
         threshold = self._recent_config().proactive_threshold
-        found = self._read(
-            lambda conn: leases.candidates(
-                conn, provider=provider, now=self._clock(), threshold=threshold
+        return self._read(
+            lambda conn: views.explain(
+                conn, provider=provider, now=self._clock(), threshold=threshold, prefer=prefer_key
             )
-        )
-        chosen = next((c.id for c in found if c.eligible), None)
-        return Explanation(
-            chosen=chosen,
-            candidates=[
-                CandidatePublic(id=c.id, eligible=c.eligible, reason=c.reason) for c in found
-            ],
         )
 
     def status(self) -> PoolStatus:
-        now = self._clock()
+        return self._read(lambda conn: views.status(conn, now=self._clock()))
 
-        def body(conn: Connection) -> PoolStatus:
-            listed = keys.list_keys(conn, now=now)
-            providers = {}
-            for provider in PROVIDERS:
-                mine = [k for k in listed if k.provider == provider]
-                count = {
-                    s: sum(1 for k in mine if k.state == s)
-                    for s in ("available", "busy", "cooling", "disabled", "unusable")
-                }
-                providers[provider] = ProviderStatus(
-                    total=len(mine),
-                    available=count["available"],
-                    busy=count["busy"],
-                    cooling=count["cooling"],
-                    disabled=count["disabled"] + count["unusable"],
-                    earliest_reset=cooling.earliest_reset(conn, provider, now=now),
-                )
-            return PoolStatus(providers=providers, keys=listed)
-
-        return self._read(body)
-
-    # -- config, audit, checkpoints, master key -------------------------------------------------
+    # -- config, audit, checkpoints, waits, master key ------------------------------------------
     def config(self) -> RotationConfig:
         """The current RotationConfig, read from the database."""
         config = self._read(load_config)
@@ -503,24 +387,10 @@ class Keystore:
         return self._read(audit_log.verify_chain)
 
     def save_checkpoint(self, run_id: str, data: dict[str, Any]) -> None:
-        table = Checkpoint.__table__  # type: ignore[attr-defined]
-
-        def body(w: audit_log.AuditWriter) -> None:
-            done = w.conn.execute(
-                table.update().where(table.c.run_id == run_id).values(data=data, updated_at=w.now)
-            ).rowcount
-            if not done:
-                w.conn.execute(table.insert().values(run_id=run_id, data=data, updated_at=w.now))
-
-        self._write(body)
+        self._write(lambda w: checkpoints.save_checkpoint(w.conn, run_id, data, now=w.now))
 
     def load_checkpoint(self, run_id: str) -> dict[str, Any] | None:
-        table = Checkpoint.__table__  # type: ignore[attr-defined]
-        return self._read(
-            lambda conn: conn.execute(
-                select(table.c.data).where(table.c.run_id == run_id)
-            ).scalar_one_or_none()
-        )
+        return self._read(lambda conn: checkpoints.load_checkpoint(conn, run_id))
 
     def register_wait(self, *, run_id: str, provider: str, reset_at: datetime) -> datetime:
         """Queue a deferred run for `provider`'s reset; returns its staggered resume time."""
@@ -544,52 +414,11 @@ class Keystore:
     def rotate_master_key(self) -> int:
         """Re-encrypt every secret under the first master key (after putting a new key first:
         the key file is rotated here; KEYRELAY_MASTER_KEY must be edited by the operator).
-        Processes still running with the old key list keep decrypting: the old key stays."""
+        Processes still running with the old key list keep decrypting: the old key stays.
+        Returns how many keys were re-encrypted; all or nothing (see rekey.py)."""
         if not self.master.from_environment:
             self.master.rotate()
-        table = keys.keys_t
-
-        def body(w: audit_log.AuditWriter) -> int:
-            rows = w.conn.execute(select(table.c.id, table.c.ciphertext).with_for_update()).all()
-            for row in rows:
-                try:
-                    new = self.master.reencrypt(row.ciphertext)
-                except MasterKeyError:
-                    continue  # stays as it was; acquire marks it unusable when it comes up
-                w.conn.execute(table.update().where(table.c.id == row.id).values(ciphertext=new))
-            w.record("master_key_rotated", rows=len(rows), keys_in_use=self.master.key_count)
-            return len(rows)
-
-        return self._write(body)
-
-
-class KeepAlive:
-    """A daemon thread renewing one lease at a third of its TTL. Failures to reach the database
-    are retried at the next tick; a lost lease (expired and reclaimed) ends the thread."""
-
-    def __init__(self, store: Keystore, lease: Lease, *, ttl_s: float) -> None:
-        self.lost = False
-        self._store, self._lease, self._ttl_s = store, lease, ttl_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"keyrelay-renew-{lease.id[:8]}", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._ttl_s / 3):
-            try:
-                self._store.renew(self._lease, self._ttl_s)
-            except LeaseLost:
-                self.lost = True
-                log.warning("lease %s on key %s was lost", self._lease.id, self._lease.key_id)
-                return
-            except Exception:
-                log.exception("renewing lease %s failed; will try again", self._lease.id)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+        return self._write(lambda w: rekey.reencrypt_all(w, self.master))
 
 
 def open_keystore(

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, and_, func, or_, select, text
 
+from keystore.eligibility import usable_at
 from keystore.keys import keys_t
 from keystore.models import RunWait
 
@@ -21,10 +22,7 @@ def returning_capacity(conn: Connection, provider: str, at: datetime) -> int:
     """Lease slots of the provider's enabled, usable keys that are not cooling at `at`."""
     total = conn.execute(
         select(func.coalesce(func.sum(keys_t.c.max_concurrency), 0)).where(
-            keys_t.c.provider == provider,
-            keys_t.c.enabled.is_(True),
-            keys_t.c.unusable_reason.is_(None),
-            or_(keys_t.c.cooling_until.is_(None), keys_t.c.cooling_until <= at),
+            keys_t.c.provider == provider, usable_at(at)
         )
     ).scalar_one()
     return int(total)
