@@ -1,34 +1,27 @@
 """The `agent-run` flow: one conversation of `steps` turns, each on a leased key.
 
-A rate limit rotates the turn to the next key at once (flows/steps.py). When every key of the
-provider is spent, RotationConfig decides (flows/policy.py): wait in-process, fall back to another
-provider, defer the run to the earliest reset (flows/deferral.py: the worker is freed and the run
-waits as Scheduled/AwaitingRateLimit in the UI), or fail with the keys and their resets. A deferred
-run resumes from its checkpoint (flows/checkpoint.py) on whichever worker picks it up."""
+Each turn is attempted by the keyed step (flows/steps.py) until it is served; what happens
+between attempts (rotate to the next key at once, back off, wait in-process, fall back to another
+provider, defer the run to the earliest reset, fail naming the keys) is decided in
+flows/outcome.py and applied in flows/turn_loop.py. A deferred run waits as
+Scheduled/AwaitingRateLimit in the UI with its worker freed, and resumes from its checkpoint
+(flows/checkpoint.py) on whichever worker picks it up."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
-import anyio
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.context import FlowRunContext
 
-from flows.checkpoint import RunCheckpoint, load_checkpoint, save_checkpoint
-from flows.deferral import defer_flow_run
-from flows.errors import PoolExhausted, RunFailed
-from flows.observability import publish_pool_artifact
-from flows.policy import Defer, Fail, WaitInline, decide
-from flows.runtime import flow_keystore, in_thread
-from flows.steps import agent_turn
-from keystore import InvalidInput, Keystore, RotationConfig, utcnow
+from flows.blocking import in_thread
+from flows.runtime import flow_keystore
+from flows.turn_loop import RunLoop
+from keystore import InvalidInput, Provider, utcnow
 
-__all__ = ["CONTINUE_PROMPT", "RESUME_MARGIN_S", "agent_run", "turn_prompt"]
+__all__ = ["CONTINUE_PROMPT", "agent_run", "turn_prompt"]
 
-Agent = Literal["claude-code", "anthropic", "openai"]
 CONTINUE_PROMPT = "Continue."
-RESUME_MARGIN_S = 0.25  # a run may start a little before its scheduled time; it then waits inline
 MAX_STEPS = 1000
 
 
@@ -53,150 +46,10 @@ def _validate(prompt: str, steps: int, followups: list[str] | None) -> None:
         )
 
 
-class _Run:
-    """The state one execution of a flow run works with."""
-
-    def __init__(
-        self, store: Keystore, run_id: str, agent: str, model: str | None, deployed: bool
-    ) -> None:
-        self.store, self.run_id, self.agent, self.model = store, run_id, agent, model
-        self.deployed = deployed
-        self.logger = get_run_logger()
-
-    async def provider_for_turn(self, checkpoint: RunCheckpoint, config: RotationConfig) -> str:
-        """The primary agent, unless the run is on fallback and the primary is still spent."""
-        if not checkpoint.on_fallback:
-            return self.agent
-        explained = await in_thread(self.store.explain, self.agent)
-        if explained.chosen is None:
-            return config.fallback_provider
-        await in_thread(
-            self.store.record,
-            "fallback_ended",
-            run_id=self.run_id,
-            provider=self.agent,
-            fallback_provider=config.fallback_provider,
-        )
-        self.logger.info("%s has a key again: leaving the fallback", self.agent)
-        return self.agent
-
-    async def try_fallback(
-        self, checkpoint: RunCheckpoint, config: RotationConfig, exhausted: PoolExhausted
-    ) -> bool:
-        if not config.fallback_enabled or exhausted.provider != self.agent:
-            return False
-        fallback = config.fallback_provider
-        if fallback == self.agent or (await in_thread(self.store.explain, fallback)).chosen is None:
-            return False
-        await in_thread(
-            self.store.record,
-            "fallback_started",
-            run_id=self.run_id,
-            provider=self.agent,
-            fallback_provider=fallback,
-            reason=exhausted.reason,
-        )
-        self.logger.warning("every %s key is spent: continuing on %s", self.agent, fallback)
-        return True
-
-    async def defer(self, exhausted: PoolExhausted, until_reset: Any) -> None:
-        resume_at = await in_thread(
-            self.store.register_wait,
-            run_id=self.run_id,
-            provider=exhausted.provider,
-            reset_at=until_reset + timedelta(seconds=RESUME_MARGIN_S),
-        )
-        keys = "; ".join(exhausted.detail)
-        message = (
-            f"Every {exhausted.provider} key is spent ({exhausted.reason}); "
-            f"resuming at {resume_at.isoformat(timespec='seconds')}. {keys}"
-        )
-        await in_thread(
-            self.store.record,
-            "pool_waiting",
-            run_id=self.run_id,
-            provider=exhausted.provider,
-            until=resume_at,
-            reason=exhausted.reason,
-        )
-        await publish_pool_artifact(
-            self.store,
-            exhausted.provider,
-            why=f"run deferred until {resume_at.isoformat(timespec='seconds')}",
-        )
-        self.logger.info("%s", message)
-        context = FlowRunContext.get()
-        assert context is not None and context.flow_run is not None
-        await defer_flow_run(context.flow_run.id, until=resume_at, message=message[:2000])
-
-    async def fail(self, message: str, exhausted: PoolExhausted) -> None:
-        await in_thread(
-            self.store.record,
-            "pool_exhausted",
-            run_id=self.run_id,
-            provider=exhausted.provider,
-            reason=exhausted.reason,
-            message=message,
-        )
-        raise RunFailed(message)
-
-    async def turn(self, number: int, prompt: str, checkpoint: RunCheckpoint) -> RunCheckpoint:
-        while True:
-            config = await in_thread(self.store.config)
-            provider = await self.provider_for_turn(checkpoint, config)
-            state, send = checkpoint.executor_input(provider, prompt)
-            try:
-                record, new_state = await agent_turn(
-                    agent=provider,
-                    prompt=send,
-                    turn=number,
-                    run_id=self.run_id,
-                    model=self.model if provider == self.agent else None,
-                    checkpoint=state,
-                )
-            except PoolExhausted as exhausted:
-                if await self.try_fallback(checkpoint, config, exhausted):
-                    checkpoint = checkpoint.model_copy(update={"on_fallback": True})
-                    await in_thread(save_checkpoint, self.store, self.run_id, checkpoint)
-                    continue
-                await self.on_exhausted(exhausted, config)
-                continue
-            record = record.model_copy(update={"prompt": prompt})
-            on_fallback = provider != self.agent
-            checkpoint = checkpoint.with_turn(record, new_state).model_copy(
-                update={"on_fallback": on_fallback}
-            )
-            await in_thread(save_checkpoint, self.store, self.run_id, checkpoint)
-            self.logger.info(
-                "turn %d done on %s key %d (%s)", number, provider, record.key_id, record.key_name
-            )
-            return checkpoint
-
-    async def on_exhausted(self, exhausted: PoolExhausted, config: RotationConfig) -> None:
-        now = utcnow()
-        decision = decide(exhausted, config, now=now)
-        if isinstance(decision, Defer) and not self.deployed:
-            # Nothing would pick a deferred run up again: wait here instead.
-            decision = WaitInline(decision.until)
-        if isinstance(decision, WaitInline):
-            wait_s = max(0.0, (decision.until - now).total_seconds())
-            self.logger.info(
-                "no %s key free (%s): waiting %.1f s in-process",
-                exhausted.provider,
-                exhausted.reason,
-                wait_s,
-            )
-            await anyio.sleep(wait_s)
-        elif isinstance(decision, Defer):
-            await self.defer(exhausted, decision.until)
-        elif isinstance(decision, Fail):
-            await self.fail(decision.message, exhausted)
-
-
 @flow(name="agent-run", log_prints=False)
 async def agent_run(
     prompt: str,
-    agent: Agent = "claude-code",
+    agent: Provider = "claude-code",
     model: str | None = None,
     steps: int = 1,
     followups: list[str] | None = None,
@@ -210,8 +63,10 @@ async def agent_run(
     flow_run = context.flow_run
     run_id = str(flow_run.id)
     store = flow_keystore()
-    run = _Run(store, run_id, agent, model, deployed=flow_run.deployment_id is not None)
-    checkpoint = await in_thread(load_checkpoint, store, run_id)
+    run = RunLoop(
+        store, run_id=run_id, agent=agent, model=model, deployed=flow_run.deployment_id is not None
+    )
+    checkpoint = await run.checkpoint()
     due = await in_thread(store.clear_wait, run_id)
     if due is not None:
         lateness_s = (utcnow() - due).total_seconds()
@@ -231,7 +86,7 @@ async def agent_run(
             steps,
         )
     for number in range(checkpoint.turns_done + 1, steps + 1):
-        checkpoint = await run.turn(number, turn_prompt(number, prompt, followups), checkpoint)
+        checkpoint = await run.play(number, turn_prompt(number, prompt, followups))
     return {
         "run_label": run_label,
         "agent": agent,

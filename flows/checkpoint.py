@@ -3,7 +3,11 @@
 A run's conversation is a list of turns (provider-neutral: prompt and reply) plus, per agent,
 the executor's own state (an SDK message list, or the `claude` CLI session transcript) and how
 many turns that state includes. When a run switches provider (fallback) the agent that comes
-back is caught up from the neutral history."""
+back is caught up from the neutral history.
+
+The turn being worked on has its own record (`TurnProgress`): how many rotations and failures
+it has used up, and the key the last attempt was refused on, so a deferred or crashed run goes
+on with the same budgets. `last_keys` is the key each agent last served on (affinity)."""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from flows.outcome import Tally
 from keystore import Keystore
 
-__all__ = ["RunCheckpoint", "TurnRecord", "load_checkpoint", "save_checkpoint"]
+__all__ = ["RunCheckpoint", "TurnProgress", "TurnRecord", "load_checkpoint", "save_checkpoint"]
 
 HTTP_AGENTS = ("anthropic", "openai")
 
@@ -28,15 +33,45 @@ class TurnRecord(BaseModel):
     usage: dict[str, int] = Field(default_factory=dict)
 
 
+class TurnProgress(BaseModel):
+    """The unfinished turn: what its attempts used up, and the key the last one was refused on."""
+
+    turn: int
+    rotations: int = 0
+    transient: int = 0
+    agent_crash: int = 0
+    refused_key: int | None = None
+
+    @property
+    def tally(self) -> Tally:
+        return Tally(self.rotations, self.transient, self.agent_crash)
+
+    def after(self, tally: Tally, *, refused_key: int | None) -> TurnProgress:
+        return TurnProgress(
+            turn=self.turn,
+            rotations=tally.rotations,
+            transient=tally.transient,
+            agent_crash=tally.agent_crash,
+            refused_key=refused_key,
+        )
+
+
 class RunCheckpoint(BaseModel):
     turns: list[TurnRecord] = Field(default_factory=list)
     states: dict[str, dict[str, Any]] = Field(default_factory=dict)
     synced: dict[str, int] = Field(default_factory=dict)  # agent -> turns its state includes
     on_fallback: bool = False
+    progress: TurnProgress | None = None
+    last_keys: dict[str, int] = Field(default_factory=dict)  # agent -> key it last served on
 
     @property
     def turns_done(self) -> int:
         return len(self.turns)
+
+    def progress_of(self, turn: int) -> TurnProgress:
+        if self.progress is not None and self.progress.turn == turn:
+            return self.progress
+        return TurnProgress(turn=turn)
 
     def executor_input(self, agent: str, prompt: str) -> tuple[dict[str, Any] | None, str]:
         """The checkpoint to hand `agent`'s executor, and the prompt to send (with the turns it
@@ -66,6 +101,8 @@ class RunCheckpoint(BaseModel):
                 "turns": turns,
                 "states": {**self.states, record.agent: state},
                 "synced": {**self.synced, record.agent: len(turns)},
+                "progress": None,
+                "last_keys": {**self.last_keys, record.agent: record.key_id},
             }
         )
 

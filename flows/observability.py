@@ -14,7 +14,7 @@ from typing import Any
 from prefect.artifacts import acreate_table_artifact
 from prefect.events import emit_event
 
-from flows.runtime import in_thread
+from flows.blocking import in_thread
 from keystore import AuditEventPublic, Keystore
 
 __all__ = ["emit_audit_event", "pool_table", "publish_pool_artifact"]

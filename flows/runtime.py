@@ -3,24 +3,13 @@ row it writes also emitted as a Prefect event."""
 
 from __future__ import annotations
 
-import functools
 import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
 
-import anyio.to_thread
-
+from flows.blocking import in_thread
+from flows.observability import emit_audit_event
 from keystore import Keystore, Settings, open_keystore
 
 __all__ = ["flow_keystore", "in_thread", "reset_flow_keystore"]
-
-T = TypeVar("T")
-
-
-async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a blocking keystore call off the event loop (the keystore is synchronous)."""
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
-
 
 _lock = threading.Lock()
 _store: Keystore | None = None
@@ -33,8 +22,6 @@ def flow_keystore() -> Keystore:
     url = Settings().resolved_database_url
     with _lock:
         if _store is None or _store_url != url:
-            from flows.observability import emit_audit_event
-
             if _store is not None:
                 _store.close()
             _store = open_keystore(url)

@@ -1,49 +1,67 @@
-"""The keyed step: one turn of an agent conversation on a leased key, as a Prefect task.
+"""The keyed step: one attempt at one turn of an agent conversation, as a Prefect task.
 
-    lease -> execute (SDK / CLI retries off) -> classify -> release
+    load the run's checkpoint -> lease (the run's last key if it can serve) -> execute (SDK /
+    CLI retries off) -> tell the keystore what the provider said -> save the checkpoint ->
+    release -> decide the outcome (flows/outcome.py)
 
-A rate limit marks the key (and its group) as cooling and raises `RateLimited`; the task's
-`retry_condition_fn` retries at once (delay 0) and the next attempt leases the next key
-(`key_rotated`). Usable in your own flows too:
-
-    record, state = await agent_turn(agent="anthropic", prompt="...", turn=1, run_id="my-run")
+The attempt never sleeps, waits or retries: it returns its `Outcome`, and the flow's turn loop
+(flows/turn_loop.py) applies it, so every wait happens after the lease is released. The task
+run ends in a state named for the outcome (`Rotated`, `BackingOff`, ...), so the Prefect UI shows
+each attempt. What one attempt hands the next (budgets, the key that refused) is in the run's
+checkpoint in the keystore, never in this process.
 """
 
 from __future__ import annotations
 
+import random
+from types import MappingProxyType
 from typing import Any
 
-import anyio
 from prefect import task
-from prefect.context import TaskRunContext
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, State
 
-from flows.checkpoint import TurnRecord
-from flows.errors import (
-    KeyRevoked,
-    Overloaded,
-    PoolExhausted,
-    RateLimited,
-    StepFailed,
-    retry_on_rotate,
-)
-from flows.executors import KeyRejected, TurnResult, executor_for
+from flows.blocking import in_thread
+from flows.checkpoint import RunCheckpoint, TurnRecord, load_checkpoint, save_checkpoint
+from flows.executors import Executor, ExecutorError, KeyRejected, TurnResult, executor_for
 from flows.leasing import leased_key
-from flows.observability import publish_pool_artifact
-from flows.policy import BUSY_POLL_S
-from flows.runtime import flow_keystore, in_thread
-from keystore import Keystore, Lease, NoKeyAvailable, RateLimitSignal, Settings
+from flows.outcome import (
+    Backoff,
+    Defer,
+    Event,
+    Fail,
+    Fallback,
+    Outcome,
+    Rotate,
+    Served,
+    WaitInline,
+    decide,
+)
+from flows.runtime import flow_keystore
+from keystore import (
+    Keystore,
+    Lease,
+    LeaseLost,
+    Marked,
+    NoKeyAvailable,
+    RateLimitSignal,
+    RotationConfig,
+    Settings,
+)
 
-__all__ = ["MAX_ATTEMPTS_PER_TURN", "agent_turn", "turn_cache_key"]
+__all__ = ["STATE_NAMES", "agent_turn"]
 
-MAX_ATTEMPTS_PER_TURN = 25  # each attempt after the first needs a new rate limit to happen
-OVERLOAD_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-_previous_key: dict[str, int] = {}  # task run id -> key the last attempt was refused on
-
-
-def turn_cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    """A finished turn of a run is never executed twice: a resumed run (same flow-run id) gets it
-    back from Prefect's persisted result."""
-    return f"keyrelay-{context.task_run.flow_run_id}-turn-{parameters['turn']}"
+STATE_NAMES = MappingProxyType(
+    {
+        Served: "Completed",
+        Rotate: "Rotated",
+        Backoff: "BackingOff",
+        WaitInline: "Waiting",
+        Defer: "Deferring",
+        Fallback: "FallingBack",
+        Fail: "GaveUp",
+    }
+)
 
 
 def _executor_options(agent: str, run_id: str) -> dict[str, Any]:
@@ -55,40 +73,43 @@ def _executor_options(agent: str, run_id: str) -> dict[str, Any]:
     return {}
 
 
-async def _classify(
-    store: Keystore, lease: Lease, signal: RateLimitSignal, *, run_id: str, attempt: int
-) -> None:
-    """Mark the key and raise what the flow should do about it."""
-    who = f"key {lease.key_id} ({lease.key_name})"
-    if signal.kind == "request_too_large":
-        raise StepFailed(
-            f"{who}: the request is larger than the provider's limit ({signal.source}); "
-            "no key can serve it"
-        )
-    if signal.kind == "overloaded":
-        await anyio.sleep(OVERLOAD_BACKOFF_S[min(attempt - 1, len(OVERLOAD_BACKOFF_S) - 1)])
-        raise Overloaded(f"{who}: provider overloaded ({signal.source}); backing off", lease.key_id)
-    marked = await in_thread(store.mark_limited, lease.key_id, signal, run_id=run_id)
-    if signal.kind == "quota_exhausted" and not signal.retryable and marked.scope == "unusable":
-        raise StepFailed(
-            f"{who}: quota exhausted ({signal.source}), not retryable: a person must "
-            f"act, then run `keyrelay keys reset {lease.key_id}`"
-        )
-    until = (
-        marked.cooling_until.isoformat(timespec="seconds") if marked.cooling_until else "unknown"
-    )
-    await publish_pool_artifact(store, lease.provider, why=f"{who} rate-limited until {until}")
-    raise RateLimited(f"{who}: {signal.kind} until {until} ({signal.source})", lease.key_id)
+async def _call(
+    executor: Executor,
+    lease: Lease,
+    *,
+    prompt: str,
+    model: str | None,
+    checkpoint: dict[str, Any] | None,
+) -> TurnResult | RateLimitSignal | ExecutorError:
+    try:
+        return await executor.run_turn(lease, prompt=prompt, model=model, checkpoint=checkpoint)
+    except ExecutorError as failed:
+        return failed
 
 
-@task(
-    name="agent-turn",
-    retries=MAX_ATTEMPTS_PER_TURN - 1,
-    retry_delay_seconds=0,
-    retry_condition_fn=retry_on_rotate,
-    cache_key_fn=turn_cache_key,
-    persist_result=True,
-)
+async def _tell_keystore(
+    store: Keystore, lease: Lease, event: Event, *, run_id: str
+) -> Marked | None:
+    """What the provider said about the key goes into the keystore before anything else."""
+    if isinstance(event, RateLimitSignal) and event.cools_key:
+        return await in_thread(store.mark_limited, lease.key_id, event, run_id=run_id)
+    if isinstance(event, KeyRejected):
+        reason = f"rejected by the provider: {event.message}"
+        await in_thread(store.mark_unusable, lease.key_id, reason, run_id=run_id)
+    if isinstance(event, TurnResult) and event.utilization is not None:
+        await in_thread(store.record_utilization, lease.key_id, event.utilization)
+    return None
+
+
+async def _fallback_ready(store: Keystore, event: Event, config: RotationConfig) -> bool:
+    if not (isinstance(event, NoKeyAvailable) and config.fallback_enabled):
+        return False
+    if event.reason == "all_busy" or config.fallback_provider == event.provider:
+        return False
+    return (await in_thread(store.explain, config.fallback_provider)).chosen is not None
+
+
+@task(name="agent-turn", task_run_name="turn {turn} on {agent}", cache_policy=NO_CACHE)
 async def agent_turn(
     *,
     agent: str,
@@ -96,61 +117,73 @@ async def agent_turn(
     turn: int,
     run_id: str,
     model: str | None = None,
-    checkpoint: dict[str, Any] | None = None,
-) -> tuple[TurnRecord, dict[str, Any]]:
-    """Run one turn on a leased `agent` key; returns the turn and the executor's new state."""
+    can_defer: bool = True,
+) -> State[Outcome]:
+    """One attempt at turn `turn` of run `run_id` on a leased `agent` key."""
     store = flow_keystore()
-    context = TaskRunContext.get()
-    task_run_id = str(context.task_run.id) if context else f"{run_id}-{turn}"
-    attempt = context.task_run.run_count if context else 1
+    config = await in_thread(store.config)
+    checkpoint: RunCheckpoint = await in_thread(load_checkpoint, store, run_id)
+    progress = checkpoint.progress_of(turn)
+    state, send = checkpoint.executor_input(agent, prompt)
     holder = f"flow-run {run_id} turn {turn}"
+    # Built before the lease: the first one imports its SDK, which takes a while.
+    executor = executor_for(agent, **_executor_options(agent, run_id))
+    key_id: int | None = None
+    marked: Marked | None = None
+    event: Event
     try:
-        async with leased_key(agent, holder=holder, store=store, busy_poll_s=BUSY_POLL_S) as lease:
-            refused = _previous_key.pop(task_run_id, None)
-            if refused is not None and refused != lease.key_id:
+        prefer = checkpoint.last_keys.get(agent)
+        async with leased_key(agent, holder=holder, store=store, prefer_key=prefer) as lease:
+            key_id = lease.key_id
+            if progress.refused_key not in (None, key_id):
                 await in_thread(
                     store.record,
                     "key_rotated",
-                    key_id=lease.key_id,
+                    key_id=key_id,
                     run_id=run_id,
-                    from_key=refused,
+                    from_key=progress.refused_key,
                     turn=turn,
-                    attempt=attempt,
                 )
-            executor = executor_for(agent, **_executor_options(agent, run_id))
-            try:
-                outcome = await executor.run_turn(
-                    lease, prompt=prompt, model=model, checkpoint=checkpoint
+            event = await _call(executor, lease, prompt=send, model=model, checkpoint=state)
+            marked = await _tell_keystore(store, lease, event, run_id=run_id)
+            if isinstance(event, TurnResult):  # checkpoint first, then release
+                record = TurnRecord(
+                    turn=turn,
+                    agent=agent,
+                    key_id=lease.key_id,
+                    key_name=lease.key_name,
+                    prompt=prompt,
+                    text=event.text,
+                    usage=event.usage,
                 )
-            except KeyRejected as exc:
-                await in_thread(
-                    store.mark_unusable,
-                    lease.key_id,
-                    f"rejected by the provider: {exc.message}",
-                    run_id=run_id,
-                )
-                _previous_key[task_run_id] = lease.key_id
-                raise KeyRevoked(
-                    f"key {lease.key_id} ({lease.key_name}) was rejected: {exc.message}",
-                    lease.key_id,
-                ) from None
-            if isinstance(outcome, RateLimitSignal):
-                _previous_key[task_run_id] = lease.key_id
-                await _classify(store, lease, outcome, run_id=run_id, attempt=attempt)
-            assert isinstance(outcome, TurnResult)
-            if outcome.utilization is not None:
-                await in_thread(store.record_utilization, lease.key_id, outcome.utilization)
-            record = TurnRecord(
-                turn=turn,
-                agent=agent,
-                key_id=lease.key_id,
-                key_name=lease.key_name,
-                prompt=prompt,
-                text=outcome.text,
-                usage=outcome.usage,
-            )
-    except NoKeyAvailable as exc:
-        _previous_key.pop(task_run_id, None)
-        raise PoolExhausted.from_error(exc) from None
-    _previous_key.pop(task_run_id, None)
-    return record, outcome.checkpoint
+                checkpoint = checkpoint.with_turn(record, event.checkpoint)
+                await in_thread(save_checkpoint, store, run_id, checkpoint)
+    except LeaseLost as lost:
+        event = lost
+    except NoKeyAvailable as exhausted:
+        event = exhausted
+    outcome = decide(
+        event,
+        config=config,
+        now=store.now(),
+        provider=agent,
+        key_id=key_id,
+        marked=marked,
+        tally=progress.tally,
+        rng=random.Random(),
+        fallback_ready=await _fallback_ready(store, event, config),
+        can_defer=can_defer,
+    )
+    if not isinstance(outcome, Served):
+        refused = outcome.from_key if isinstance(outcome, Rotate) else progress.refused_key
+        after = progress.after(progress.tally.after(outcome), refused_key=refused)
+        await in_thread(
+            save_checkpoint, store, run_id, checkpoint.model_copy(update={"progress": after})
+        )
+    return Completed(data=outcome, name=STATE_NAMES[type(outcome)], message=_why(outcome))
+
+
+def _why(outcome: Outcome) -> str | None:
+    if isinstance(outcome, Served):
+        return None
+    return outcome.why[:2000]

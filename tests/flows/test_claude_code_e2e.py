@@ -87,9 +87,13 @@ async def test_claude_code_run_rotates_defers_resumes_and_finishes(
     ok = [(turns, text) for status, turns, text in served if status == 200]
     assert [turns for turns, _ in ok] == [1, 2, 3, 4]  # one conversation throughout
     assert ok[-1][1] == "Last question."
-    # the rotation a -> b happened inside the run; b -> a is the resumption after the deferral
-    rotated = env.store.audit_events(type="key_rotated")
-    assert [(e.details["from_key"], e.key_id) for e in rotated] == [(a, b)]
+    # turn 3 rotated a -> b inside the run; turn 4, refused on b, moved to a once resumed
+    rotated = reversed(env.store.audit_events(type="key_rotated"))
+    history = [(e.type, e.key_id) for e in reversed(env.store.audit_events())]
+    assert [(e.details["from_key"], e.key_id, e.details["turn"]) for e in rotated] == [
+        (a, b, 3),
+        (b, a, 4),
+    ], history
     assert len(env.store.audit_events(type="pool_waiting")) == 1
     assert len(env.store.audit_events(type="pool_resumed")) == 1
     limited = env.store.audit_events(type="key_rate_limited")
