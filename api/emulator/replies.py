@@ -1,7 +1,8 @@
 """Deterministic replies and token estimates, derived only from the request.
 
 A reply names the number of user turns and a digest of the conversation before the last user
-turn, so a test can tell that a resumed conversation carried its earlier turns (and which).
+turn, so a test can tell that a resumed conversation carried its earlier turns (and which). When
+an agent script is in force, `agent.next_move` may turn the reply into a tool call (`ToolCall`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,18 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Reply", "conversation_digest", "estimate_tokens", "make_reply", "visible_texts"]
+__all__ = [
+    "Reply",
+    "ToolCall",
+    "ToolResult",
+    "conversation_digest",
+    "estimate_tokens",
+    "make_reply",
+    "text_tokens",
+    "tool_results",
+    "visible_texts",
+    "visible_turns",
+]
 
 # The claude CLI puts its own context into user messages as `<system-reminder>` text blocks;
 # they are not what the user said, so turns and digests ignore them.
@@ -26,7 +38,7 @@ def estimate_tokens(payload: object) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
-def _text_tokens(text: str) -> int:
+def text_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
@@ -43,7 +55,7 @@ def visible_texts(content: Any) -> list[str]:
     return texts
 
 
-def _turns(messages: list[Any]) -> list[tuple[str, str]]:
+def visible_turns(messages: list[Any]) -> list[tuple[str, str]]:
     """(role, text) of every user/assistant message with visible text, in order."""
     turns = []
     for message in messages:
@@ -55,6 +67,25 @@ def _turns(messages: list[Any]) -> list[tuple[str, str]]:
     return turns
 
 
+@dataclass(frozen=True)
+class ToolResult:
+    tool_use_id: str
+    is_error: bool
+
+
+def tool_results(messages: list[Any]) -> list[ToolResult]:
+    """Every `tool_result` block of the conversation, in order (the client's answers to calls)."""
+    results = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        for block in content if isinstance(content, list) else []:
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                results.append(
+                    ToolResult(str(block.get("tool_use_id")), block.get("is_error") is True)
+                )
+    return results
+
+
 def conversation_digest(turns: list[tuple[str, str]]) -> str:
     """12 hex chars over (role, text) pairs: a test computes it from what it expects was said."""
     canonical = json.dumps(turns, separators=(",", ":"), ensure_ascii=False)
@@ -62,17 +93,28 @@ def conversation_digest(turns: list[tuple[str, str]]) -> str:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A `tool_use` block the reply ends with: step `step` (1-based) of the agent script."""
+
+    step: int
+    tool_use_id: str
+    name: str
+    input: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Reply:
-    text: str
+    text: str  # may be "" before a tool call (then no text block is sent)
     user_turns: int
     prior_digest: str
     last_user_text: str
     output_tokens: int
-    stop_reason: str  # end_turn | max_tokens
+    stop_reason: str  # end_turn | max_tokens | tool_use
+    tool_call: ToolCall | None = None
 
 
 def make_reply(messages: list[Any], *, max_tokens: int | None) -> Reply:
-    turns = _turns(messages)
+    turns = visible_turns(messages)
     user_indexes = [i for i, (role, _) in enumerate(turns) if role == "user"]
     last_user = user_indexes[-1] if user_indexes else len(turns)
     last_text = turns[last_user][1] if user_indexes else ""
@@ -82,13 +124,13 @@ def make_reply(messages: list[Any], *, max_tokens: int | None) -> Reply:
     stop_reason = "end_turn"
     # A client asking for very few tokens (the CLI's quota probe sends max_tokens=1) gets a
     # truncated reply, as from a real model.
-    if max_tokens is not None and _text_tokens(text) > max_tokens:
+    if max_tokens is not None and text_tokens(text) > max_tokens:
         text, stop_reason = text[: max(1, max_tokens) * 4], "max_tokens"
     return Reply(
         text=text,
         user_turns=len(user_indexes),
         prior_digest=digest,
         last_user_text=snippet,
-        output_tokens=_text_tokens(text),
+        output_tokens=text_tokens(text),
         stop_reason=stop_reason,
     )
