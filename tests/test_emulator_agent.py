@@ -245,3 +245,22 @@ def test_the_default_script_appends_one_numbered_line_per_step() -> None:
         second = ask(sdk, answered(PROMPT, first), [BASH])
     commands = [b["input"]["command"] for r in (first, second) for b in blocks(r)[1:]]
     assert commands == ["echo step1 >> out.txt", "echo step2 >> out.txt"]
+
+
+def test_a_call_left_without_its_result_is_refused_as_the_real_api_does(
+    agent: RunningEmulator,
+) -> None:
+    with client(agent) as sdk:
+        first = ask(sdk, PROMPT, [BASH])
+        history = answered(PROMPT, first)
+        dangling = [*history[:2], {"role": "user", "content": "go on"}]  # result dropped
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            ask(sdk, dangling, [BASH])
+        assert ask(sdk, history, [BASH, WRITE]).stop_reason == "tool_use"  # answered: served
+    assert caught.value.body["error"] == {
+        "type": "invalid_request_error",
+        "message": f"messages.1: `tool_use` ids were found without `tool_result` blocks "
+        f"immediately after: {ID}_1. Each `tool_use` block must have a corresponding "
+        "`tool_result` block in the next message.",
+    }
+    assert [e.status for e in agent.admin.log()] == [200, 400, 200]

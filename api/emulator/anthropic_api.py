@@ -20,7 +20,7 @@ from api.emulator.anthropic_messages import (
 )
 from api.emulator.exchange import Exchange
 from api.emulator.headers import anthropic_rate_limit_headers, unified_headers
-from api.emulator.replies import estimate_tokens
+from api.emulator.replies import dangling_tool_uses, estimate_tokens
 from api.emulator.state import EmulatorState, Verdict
 
 __all__ = ["anthropic_router"]
@@ -75,7 +75,8 @@ def anthropic_router(state: EmulatorState) -> APIRouter:
 
 
 def _reject_early(exchange: Exchange, *, needs_max_tokens: bool = True) -> Response | None:
-    """401 without a usable key, 400 for a body the real API would refuse."""
+    """401 without a usable key, 400 for a body the real API would refuse (including a tool
+    call left without its result, as a badly repaired transcript would send)."""
     credential = exchange.credential
     if credential is None:
         message = "x-api-key header is required"
@@ -93,6 +94,13 @@ def _reject_early(exchange: Exchange, *, needs_max_tokens: bool = True) -> Respo
         problem = "messages: Field required"
     elif needs_max_tokens and exchange.max_tokens is None:
         problem = "max_tokens: Field required"
+    elif (dangling := dangling_tool_uses(exchange.messages)) is not None:
+        index, ids = dangling
+        problem = (
+            f"messages.{index}: `tool_use` ids were found without `tool_result` blocks "
+            f"immediately after: {', '.join(ids)}. Each `tool_use` block must have a "
+            "corresponding `tool_result` block in the next message."
+        )
     if problem is None:
         return None
     response = error_response(exchange, 400, "invalid_request_error", problem)

@@ -18,6 +18,7 @@ __all__ = [
     "ToolCall",
     "ToolResult",
     "conversation_digest",
+    "dangling_tool_uses",
     "estimate_tokens",
     "make_reply",
     "text_tokens",
@@ -73,17 +74,41 @@ class ToolResult:
     is_error: bool
 
 
+def _blocks(message: Any, kind: str) -> list[dict[str, Any]]:
+    content = message.get("content") if isinstance(message, dict) else None
+    blocks = content if isinstance(content, list) else []
+    return [b for b in blocks if isinstance(b, dict) and b.get("type") == kind]
+
+
 def tool_results(messages: list[Any]) -> list[ToolResult]:
     """Every `tool_result` block of the conversation, in order (the client's answers to calls)."""
-    results = []
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        for block in content if isinstance(content, list) else []:
-            if isinstance(block, dict) and block.get("type") == "tool_result":
-                results.append(
-                    ToolResult(str(block.get("tool_use_id")), block.get("is_error") is True)
-                )
-    return results
+    return [
+        ToolResult(str(block.get("tool_use_id")), block.get("is_error") is True)
+        for message in messages
+        for block in _blocks(message, "tool_result")
+    ]
+
+
+def dangling_tool_uses(messages: list[Any]) -> tuple[int, list[str]] | None:
+    """The first assistant message whose `tool_use` ids are not all answered by `tool_result`
+    blocks in the next message (the real API refuses such a conversation with a 400), as
+    (its index, the unanswered ids); None when every call has its result. The CLI's own
+    `role: "system"` messages are skipped when looking for the next message."""
+    spoken = [(i, m) for i, m in enumerate(messages) if not _is_system(m)]
+    for position, (index, message) in enumerate(spoken):
+        calls = [str(b.get("id")) for b in _blocks(message, "tool_use")]
+        if not calls:
+            continue
+        following = spoken[position + 1][1] if position + 1 < len(spoken) else None
+        answered = {str(b.get("tool_use_id")) for b in _blocks(following, "tool_result")}
+        missing = [call for call in calls if call not in answered]
+        if missing:
+            return index, missing
+    return None
+
+
+def _is_system(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("role") == "system"
 
 
 def conversation_digest(turns: list[tuple[str, str]]) -> str:
