@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from api.emulator import AgentScript, LimitRule, RunningEmulator, ToolStep, fingerprint
+from api.emulator import (
+    AgentScript,
+    FaultRule,
+    LimitRule,
+    RunningEmulator,
+    ToolStep,
+    fingerprint,
+)
 from tests.emulator.claude_cli import (
     claude_env,
     conversation,
@@ -91,6 +98,32 @@ def test_three_bash_steps_run_in_order_and_the_turn_succeeds(
         (block,) = entry["message"]["content"]
         assert entry["parentUuid"] == entry["sourceToolAssistantUUID"]
         assert block["tool_use_id"] == calls[entry["parentUuid"]]
+
+
+def test_a_tool_call_in_a_plain_json_reply_runs_too(
+    claude_bin: Path, live_emu: RunningEmulator, tmp_path: Path, workdir: Path
+) -> None:
+    # A stream broken by `event: error` makes the CLI re-send without streaming (see the notes).
+    live_emu.admin.set_agent(THREE_STEPS)
+    live_emu.admin.set_faults([FaultRule(kind="stream_overloaded", times=1)])
+    turn = run_claude(
+        claude_bin,
+        live_emu,
+        "go",
+        *ALLOW_BASH,
+        home=tmp_path / "h",
+        cwd=workdir,
+        credential=key(KEY_A),
+    )
+    assert turn.returncode == 0, turn.stderr
+    assert (workdir / "log.txt").read_text() == "step1\nstep2\nstep3\n"
+    assert [(e.stream, e.fault, e.tool_step) for e in live_emu.admin.log()] == [
+        (True, "stream_overloaded", None),
+        (False, None, 1),
+        (True, None, 2),
+        (True, None, 3),
+        (True, None, None),
+    ]
 
 
 def test_a_write_step_creates_the_file(
