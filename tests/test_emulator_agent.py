@@ -264,3 +264,26 @@ def test_a_call_left_without_its_result_is_refused_as_the_real_api_does(
         "`tool_result` block in the next message.",
     }
     assert [e.status for e in agent.admin.log()] == [200, 400, 200]
+
+
+def test_a_step_never_reuses_an_id_the_conversation_already_holds(agent: RunningEmulator) -> None:
+    # A client that dropped step 1's call and result (a transcript repair) still holds step 2's
+    # and 3's; with two results the next move is step 3 again, and its id must be a new one.
+    def call(step: int) -> dict[str, Any]:
+        return {"type": "tool_use", "id": f"{ID}_{step}", "name": "Bash", "input": {}}
+
+    def result(step: int) -> dict[str, Any]:
+        return {"type": "tool_result", "tool_use_id": f"{ID}_{step}", "content": "ok"}
+
+    repaired = [
+        *PROMPT,
+        {"role": "assistant", "content": [call(2)]},
+        {"role": "user", "content": [result(2)]},
+        {"role": "assistant", "content": [call(3)]},
+        {"role": "user", "content": [result(3), {"type": "text", "text": "continue"}]},
+    ]
+    with client(agent) as sdk:
+        reply = ask(sdk, repaired, [BASH, WRITE])
+        again = ask(sdk, [*repaired, *answered([], reply)], [BASH, WRITE])
+    assert [b["id"] for b in blocks(reply) if b["type"] == "tool_use"] == [f"{ID}_3_2"]
+    assert again.stop_reason == "end_turn"  # three results: the script is done

@@ -7,7 +7,11 @@ the final text once `n >= len(steps)`. The script applies only to requests that 
 and a step only when its tool is among them; otherwise the reply stays the plain text one.
 
 Tool-use ids are `toolu_emu_<conversation>_<step>`: `<conversation>` is the digest of the first
-user turn, so the same conversation gets the same ids on every key and every retry.
+user turn, so the same conversation gets the same ids on every key and every retry. An id must
+also be new to its conversation: the claude CLI drops a `tool_use` whose id it has seen before
+and then, with `stop_reason: tool_use` and no call left, asks again forever (CLAUDE_CLI_NOTES.md).
+A conversation repaired by the client (a call and its result removed) can bring the step number
+back to an id already used; then `_2`, `_3`, ... is appended.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from api.emulator.agent_script import AgentScript, render
 from api.emulator.replies import (
     Reply,
     ToolCall,
+    called_tool_ids,
     conversation_digest,
     estimate_tokens,
     text_tokens,
@@ -39,7 +44,12 @@ def declared_tools(tools: object) -> set[str]:
 def tool_use_id(messages: list[Any], *, step: int) -> str:
     turns = visible_turns(messages)
     first_user = next((i for i, (role, _) in enumerate(turns) if role == "user"), len(turns))
-    return f"toolu_emu_{conversation_digest(turns[: first_user + 1])}_{step}"
+    base = f"toolu_emu_{conversation_digest(turns[: first_user + 1])}_{step}"
+    used, candidate, attempt = set(called_tool_ids(messages)), base, 1
+    while candidate in used:
+        attempt += 1
+        candidate = f"{base}_{attempt}"
+    return candidate
 
 
 def next_move(script: AgentScript, *, reply: Reply, messages: list[Any], tools: object) -> Reply:

@@ -17,6 +17,7 @@ __all__ = [
     "Reply",
     "ToolCall",
     "ToolResult",
+    "called_tool_ids",
     "conversation_digest",
     "dangling_tool_uses",
     "estimate_tokens",
@@ -87,6 +88,11 @@ def tool_results(messages: list[Any]) -> list[ToolResult]:
         for message in messages
         for block in _blocks(message, "tool_result")
     ]
+
+
+def called_tool_ids(messages: list[Any]) -> list[str]:
+    """The ids of every `tool_use` block of the conversation, in order."""
+    return [str(b.get("id")) for message in messages for b in _blocks(message, "tool_use")]
 
 
 def dangling_tool_uses(messages: list[Any]) -> tuple[int, list[str]] | None:
