@@ -40,7 +40,7 @@ def emulate(
     ] = None,
     window_s: Annotated[
         float | None,
-        typer.Option(help="Window of --requests / --input-tokens, in seconds [default: 60]."),
+        typer.Option(help="Window of --requests / --input-tokens, in seconds (default 60)."),
     ] = None,
     agent_steps: Annotated[
         int | None,
