@@ -96,7 +96,8 @@ class EmulatorAdmin:
 
     def set_agent(self, agent: AgentScript | None) -> None:
         """Play `agent` from the next request on (None: plain text replies only)."""
-        self._post("/agent", {"agent": agent.model_dump(mode="json") if agent else None})
+        body = agent.model_dump(mode="json") if agent is not None else None
+        self._post("/agent", {"agent": body})
 
     def set_reply_delay(self, seconds: float) -> None:
         self._post("/reply-delay", {"seconds": seconds})
