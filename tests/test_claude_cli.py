@@ -7,20 +7,15 @@ fail, never skip, when it cannot be had: CI installs it.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import shutil
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from api.emulator import FaultRule, LimitRule, RunningEmulator, conversation_digest, fingerprint
-from flows.executors.claude_bin import ClaudeBinaryUnavailable, ensure_claude_bin
+from tests.emulator.claude_cli import run_claude
 
 pytestmark = pytest.mark.slow
 pytest_plugins = ["tests.emulator.fixtures"]
@@ -30,65 +25,9 @@ OTHER_KEY = "sk-ant-api03-cli-other-key-0123456789abcdefghi"
 OAUTH = "sk-ant-oat01-cli-test-token-0123456789abcdefghi"
 
 
-@pytest.fixture(scope="module")
-def claude_bin() -> Path:
-    try:
-        return ensure_claude_bin()
-    except ClaudeBinaryUnavailable as exc:
-        pytest.fail(f"the real claude CLI is required (CI installs it) and is missing: {exc}")
-
-
 @pytest.fixture
-def emu(live_emulator: RunningEmulator) -> RunningEmulator:
-    live_emulator.admin.reset(restore_config=True)
-    return live_emulator
-
-
-@dataclass
-class Turn:
-    returncode: int
-    events: list[dict[str, Any]]
-    stderr: str
-
-    @property
-    def result(self) -> dict[str, Any]:
-        (result,) = [e for e in self.events if e["type"] == "result"]
-        return result
-
-    def of_type(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["type"] == kind]
-
-
-def run_claude(
-    claude_bin: Path,
-    emu: RunningEmulator,
-    *args: str,
-    home: Path,
-    cwd: Path,
-    credential: dict[str, str],
-) -> Turn:
-    """One `claude -p` turn in an isolated HOME/config dir, the way an executor runs it."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "CLAUDE_CONFIG_DIR": str(home / ".claude"),
-        "ANTHROPIC_BASE_URL": emu.base_url,
-        "CLAUDE_CODE_MAX_RETRIES": "0",
-        "DISABLE_TELEMETRY": "1",
-        "DISABLE_ERROR_REPORTING": "1",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        **credential,
-    }
-    completed = subprocess.run(
-        [str(claude_bin), "-p", *args, "--output-format", "stream-json", "--verbose"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    events = [json.loads(line) for line in completed.stdout.splitlines() if line.strip()]
-    return Turn(completed.returncode, events, completed.stderr)
+def emu(live_emu: RunningEmulator) -> RunningEmulator:
+    return live_emu  # the CLI compares resets with real time
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Admin endpoints (`/_admin`, no auth: for tests and benchmarks): counters, windows, log, and
-runtime changes of limits and faults. Nothing here returns a full key."""
+runtime changes of limits, faults and the agent script. Nothing here returns a full key."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from api.emulator.agent_script import AgentScript
 from api.emulator.config import FaultRule, LimitRule, WindowLimit
 from api.emulator.reports import BucketReport, KeyCounters, LogEntry, StateReport
 from api.emulator.state import EmulatorState
 
-__all__ = ["FaultsUpdate", "LimitsUpdate", "ResetRequest", "admin_router"]
+__all__ = ["AgentUpdate", "FaultsUpdate", "LimitsUpdate", "ResetRequest", "admin_router"]
 
 
 class LimitsUpdate(BaseModel):
@@ -24,12 +25,16 @@ class FaultsUpdate(BaseModel):
     faults: list[FaultRule] = Field(default_factory=list)
 
 
+class AgentUpdate(BaseModel):
+    agent: AgentScript | None = None  # None: plain text replies only
+
+
 class ReplyDelayUpdate(BaseModel):
     seconds: float = Field(ge=0, le=60)
 
 
 class ResetRequest(BaseModel):
-    restore_config: bool = False  # also drop runtime changes of limits/faults
+    restore_config: bool = False  # also drop runtime changes of limits/faults/agent
 
 
 def admin_router(state: EmulatorState) -> APIRouter:
@@ -77,6 +82,13 @@ def admin_router(state: EmulatorState) -> APIRouter:
     def set_faults(update: FaultsUpdate) -> dict[str, Any]:
         """Replace all scripted faults (their `times` counters start afresh)."""
         state.set_faults(update.faults)
+        return get_config()
+
+    @router.post("/agent")
+    def set_agent(update: AgentUpdate) -> dict[str, Any]:
+        """Replace the agent script (`agent: null` stops playing one). Moves depend only on each
+        request's conversation, so nothing else needs resetting."""
+        state.set_agent(update.agent)
         return get_config()
 
     @router.post("/reply-delay")

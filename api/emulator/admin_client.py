@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 from pydantic import TypeAdapter
 
+from api.emulator.agent_script import AgentScript
 from api.emulator.config import FaultRule, LimitRule, WindowLimit
 from api.emulator.keys import fingerprint
 from api.emulator.reports import BucketReport, KeyCounters, LogEntry, StateReport
@@ -92,6 +93,11 @@ class EmulatorAdmin:
         self._post(
             "/faults", {"faults": [f.model_dump(mode="json", exclude_none=True) for f in faults]}
         )
+
+    def set_agent(self, agent: AgentScript | None) -> None:
+        """Play `agent` from the next request on (None: plain text replies only)."""
+        body = agent.model_dump(mode="json") if agent is not None else None
+        self._post("/agent", {"agent": body})
 
     def set_reply_delay(self, seconds: float) -> None:
         self._post("/reply-delay", {"seconds": seconds})

@@ -2,29 +2,28 @@
 
 Complete enough for the official SDK and the real `claude` CLI (see CLAUDE_CLI_NOTES.md): the
 CLI posts to `/v1/messages?beta=true` with `stream: true` and tools, and tolerates a plain-text
-reply. API keys get `retry-after` + `anthropic-ratelimit-*`; subscription (OAuth)
-tokens get the `anthropic-ratelimit-unified-*` family, on successes too.
+reply; with an agent script in force, it gets tool calls (agent.py, anthropic_messages.py).
+API keys get `retry-after` + `anthropic-ratelimit-*`; subscription (OAuth) tokens get the
+`anthropic-ratelimit-unified-*` family, on successes too.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from api.emulator.anthropic_errors import error_response, fault_response, limited_response
+from api.emulator.anthropic_messages import (
+    message_response,
+    stream_response,
+    stream_with_error_response,
+)
 from api.emulator.exchange import Exchange
 from api.emulator.headers import anthropic_rate_limit_headers, unified_headers
-from api.emulator.replies import estimate_tokens
+from api.emulator.replies import dangling_tool_uses, estimate_tokens
 from api.emulator.state import EmulatorState, Verdict
-from api.emulator.windows import Usage
 
 __all__ = ["anthropic_router"]
-
-_DELTA_CHARS = 24  # reply text is streamed in pieces of this size, like a model's deltas
 
 
 def anthropic_router(state: EmulatorState) -> APIRouter:
@@ -38,19 +37,21 @@ def anthropic_router(state: EmulatorState) -> APIRouter:
             return early
         body = exchange.body or {}
         usage = exchange.prepare_reply(
-            prompt_parts={k: body.get(k) for k in ("system", "messages", "tools")}
+            prompt_parts={k: body.get(k) for k in ("system", "messages", "tools")},
+            agent=state.config.agent,
         )
         assert exchange.credential is not None  # _reject_early checked it
         verdict = state.admit(provider="anthropic", credential=exchange.credential, usage=usage)
         if verdict.kind == "admitted":
             headers = _success_headers(exchange, verdict)
-            response = _stream(exchange, usage) if exchange.stream else _message(exchange, usage)
+            respond = stream_response if exchange.stream else message_response
+            response = respond(exchange, usage)
             response.headers.update(headers)
             return exchange.finish(response, served=usage)
         if verdict.kind == "fault" and verdict.fault is not None:
             exchange.fault = verdict.fault.kind
             if verdict.fault.kind == "stream_overloaded" and exchange.stream:
-                return exchange.finish(_stream_with_error(exchange, usage))
+                return exchange.finish(stream_with_error_response(exchange, usage))
             return exchange.finish(fault_response(exchange, verdict.fault), error_type="fault")
         response = limited_response(exchange, verdict, usage=usage)
         return exchange.finish(response, error_type=verdict.kind)
@@ -74,7 +75,8 @@ def anthropic_router(state: EmulatorState) -> APIRouter:
 
 
 def _reject_early(exchange: Exchange, *, needs_max_tokens: bool = True) -> Response | None:
-    """401 without a usable key, 400 for a body the real API would refuse."""
+    """401 without a usable key, 400 for a body the real API would refuse (including a tool
+    call left without its result, as a badly repaired transcript would send)."""
     credential = exchange.credential
     if credential is None:
         message = "x-api-key header is required"
@@ -92,6 +94,13 @@ def _reject_early(exchange: Exchange, *, needs_max_tokens: bool = True) -> Respo
         problem = "messages: Field required"
     elif needs_max_tokens and exchange.max_tokens is None:
         problem = "max_tokens: Field required"
+    elif (dangling := dangling_tool_uses(exchange.messages)) is not None:
+        index, ids = dangling
+        problem = (
+            f"messages.{index}: `tool_use` ids were found without `tool_result` blocks "
+            f"immediately after: {', '.join(ids)}. Each `tool_use` block must have a "
+            "corresponding `tool_result` block in the next message."
+        )
     if problem is None:
         return None
     response = error_response(exchange, 400, "invalid_request_error", problem)
@@ -113,80 +122,3 @@ def _success_headers(exchange: Exchange, verdict: Verdict) -> dict[str, str]:
             claim=rule.unified_claim,
         )
     return anthropic_rate_limit_headers(decision.states)
-
-
-def _message_object(exchange: Exchange, usage: Usage, *, streaming: bool) -> dict[str, Any]:
-    assert exchange.reply is not None
-    body = exchange.body or {}
-    return {
-        "id": "msg_" + exchange.request_id.removeprefix("req_"),
-        "type": "message",
-        "role": "assistant",
-        "model": body.get("model"),
-        "content": [] if streaming else [{"type": "text", "text": exchange.reply.text}],
-        "stop_reason": None if streaming else exchange.reply.stop_reason,
-        "stop_sequence": None,
-        "usage": {
-            "input_tokens": usage.input_tokens,
-            "output_tokens": 1 if streaming else usage.output_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-        },
-    }
-
-
-def _message(exchange: Exchange, usage: Usage) -> Response:
-    return JSONResponse(_message_object(exchange, usage, streaming=False))
-
-
-def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
-def _stream(exchange: Exchange, usage: Usage) -> Response:
-    assert exchange.reply is not None
-    text, stop_reason = exchange.reply.text, exchange.reply.stop_reason
-    start = _message_object(exchange, usage, streaming=True)
-
-    def events() -> Iterator[str]:
-        yield _sse("message_start", {"type": "message_start", "message": start})
-        block = {"type": "text", "text": ""}
-        yield _sse(
-            "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": block},
-        )
-        yield _sse("ping", {"type": "ping"})
-        for offset in range(0, len(text), _DELTA_CHARS):
-            delta = {"type": "text_delta", "text": text[offset : offset + _DELTA_CHARS]}
-            yield _sse(
-                "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
-            )
-        yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
-        yield _sse(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                "usage": {"output_tokens": usage.output_tokens},
-            },
-        )
-        yield _sse("message_stop", {"type": "message_stop"})
-
-    return StreamingResponse(
-        events(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
-    )
-
-
-def _stream_with_error(exchange: Exchange, usage: Usage) -> Response:
-    """HTTP 200 whose stream breaks off with `event: error` overloaded (as the real API does)."""
-    start = _message_object(exchange, usage, streaming=True)
-    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
-
-    def events() -> Iterator[str]:
-        yield _sse("message_start", {"type": "message_start", "message": start})
-        yield _sse("ping", {"type": "ping"})
-        yield _sse("error", error)
-
-    return StreamingResponse(
-        events(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
-    )

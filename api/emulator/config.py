@@ -1,4 +1,5 @@
-"""Emulator configuration as data: which keys exist, their limits and the faults to inject.
+"""Emulator configuration as data: which keys exist, their limits, the faults to inject and the
+agent script to play (`agent_script.py`).
 
 Everything here can be given at start (`EmulatorConfig`, e.g. from a JSON file) and replaced at
 runtime through the admin endpoints. A full key given in `key` is turned into its fingerprint as
@@ -11,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from api.emulator.agent_script import AgentScript
 from api.emulator.keys import fingerprint
 
 __all__ = [
@@ -132,3 +134,5 @@ class EmulatorConfig(_Strict):
     log_capacity: int = Field(default=10_000, ge=1)
     # Every answer waits this long (real time), so concurrent callers overlap measurably.
     reply_delay_s: float = Field(default=0.0, ge=0, le=60)
+    # Anthropic requests that declare tools get the script's tool calls (see agent.py).
+    agent: AgentScript | None = None

@@ -14,9 +14,11 @@ from typing import Any, Literal
 
 from fastapi import Request, Response
 
+from api.emulator.agent import next_move
+from api.emulator.agent_script import AgentScript
 from api.emulator.headers import http_date
 from api.emulator.keys import Credential, read_credential
-from api.emulator.replies import Reply, estimate_tokens, make_reply
+from api.emulator.replies import Reply, estimate_tokens, make_reply, tool_results
 from api.emulator.reports import LogEntry
 from api.emulator.state import EmulatorState
 from api.emulator.windows import Usage
@@ -77,9 +79,16 @@ class Exchange:
         value = body.get("max_tokens", body.get("max_completion_tokens"))
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
-    def prepare_reply(self, *, prompt_parts: dict[str, Any]) -> Usage:
-        """Build the reply and return what serving it costs (input + known output)."""
-        self.reply = make_reply(self.messages, max_tokens=self.max_tokens)
+    def prepare_reply(
+        self, *, prompt_parts: dict[str, Any], agent: AgentScript | None = None
+    ) -> Usage:
+        """Build the reply (the agent's next move, if a script is given) and return what serving
+        it costs (input + known output)."""
+        reply = make_reply(self.messages, max_tokens=self.max_tokens)
+        if agent is not None:
+            tools = (self.body or {}).get("tools")
+            reply = next_move(agent, reply=reply, messages=self.messages, tools=tools)
+        self.reply = reply
         return Usage(
             input_tokens=estimate_tokens(prompt_parts), output_tokens=self.reply.output_tokens
         )
@@ -90,8 +99,10 @@ class Exchange:
         response.headers["date"] = http_date(self.now)
         response.headers[_REQUEST_ID_HEADER[self.provider]] = self.request_id
         body = self.body or {}
-        credential = self.credential
+        credential, reply = self.credential, self.reply
         model = body.get("model")
+        results = tool_results(self.messages)
+        call = reply.tool_call if reply and served is not None else None  # asked for if served
         entry = LogEntry(
             at=self.now,
             answered_at=self.state.clock(),
@@ -104,14 +115,19 @@ class Exchange:
             credential_kind=credential.kind if credential else None,
             model=model if isinstance(model, str) else None,
             messages=len(self.messages),
-            user_turns=self.reply.user_turns if self.reply else 0,
+            user_turns=reply.user_turns if reply else 0,
+            tool_results=len(results),
+            tool_result_ids=[r.tool_use_id for r in results],
+            tool_errors=sum(r.is_error for r in results),
             stream=self.stream,
             max_tokens=self.max_tokens,
             status=response.status_code,
             error_type=error_type,
             fault=self.fault,
-            prior_digest=self.reply.prior_digest if self.reply else None,
-            last_user_text=self.reply.last_user_text if self.reply else None,
+            prior_digest=reply.prior_digest if reply else None,
+            last_user_text=reply.last_user_text if reply else None,
+            tool_step=call.step if call else None,
+            tool_use_id=call.tool_use_id if call else None,
         )
         self.state.record(entry, credential=credential, served=served)
         return response

@@ -1,20 +1,21 @@
 """Credentials as the emulator sees them: who is calling, and how to name them without the secret.
 
 The emulator never stores, logs or echoes a full key: everything it keeps is keyed by the
-fingerprint (SHA-256 of the secret, first 16 hex chars, the same as the keystore's) and shown in
-the masked form (at most the first 7 and the last 4 characters, never more than a third of it).
+fingerprint (SHA-256 of the secret, first 16 hex chars) and shown in the masked form (at most the
+first 7 and the last 4 characters, never more than a third of it). Both are computed here: the
+emulator stands for the provider, a stranger to keyrelay, so it imports nothing from `keystore/`.
+The fingerprint is the common SHA-256 prefix that keyrelay shows too, so a test can match the
+emulator's counters to a keystore row without either side knowing the other's code.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from starlette.datastructures import Headers
-
-# The keystore's own: the emulator fingerprints and masks keys exactly as keyrelay shows them.
-from keystore.crypto import fingerprint, mask
 
 __all__ = [
     "AuthScheme",
@@ -29,6 +30,21 @@ AuthScheme = Literal["x-api-key", "bearer"]  # the header the key came in
 # What the key is. For Anthropic this decides the rate-limit header family: API keys get
 # `anthropic-ratelimit-*`, subscription (OAuth) tokens `anthropic-ratelimit-unified-*`.
 CredentialKind = Literal["api_key", "oauth"]
+_FINGERPRINT_HEX = 16
+_MASK_HEAD, _MASK_TAIL = 7, 4
+
+
+def fingerprint(secret: str) -> str:
+    """First 16 hex characters of the secret's SHA-256: stable, safe to show, unique per key."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:_FINGERPRINT_HEX]
+
+
+def mask(secret: str) -> str:
+    """At most the first 7 and the last 4 characters, never more than a third of the secret."""
+    budget = len(secret) // 3
+    tail = min(_MASK_TAIL, budget)
+    head = min(_MASK_HEAD, budget - tail)
+    return f"{secret[:head]}...{secret[len(secret) - tail :] if tail else ''}"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Deterministic replies and token estimates, derived only from the request.
 
 A reply names the number of user turns and a digest of the conversation before the last user
-turn, so a test can tell that a resumed conversation carried its earlier turns (and which).
+turn, so a test can tell that a resumed conversation carried its earlier turns (and which). When
+an agent script is in force, `agent.next_move` may turn the reply into a tool call (`ToolCall`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,20 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Reply", "conversation_digest", "estimate_tokens", "make_reply", "visible_texts"]
+__all__ = [
+    "Reply",
+    "ToolCall",
+    "ToolResult",
+    "called_tool_ids",
+    "conversation_digest",
+    "dangling_tool_uses",
+    "estimate_tokens",
+    "make_reply",
+    "text_tokens",
+    "tool_results",
+    "visible_texts",
+    "visible_turns",
+]
 
 # The claude CLI puts its own context into user messages as `<system-reminder>` text blocks;
 # they are not what the user said, so turns and digests ignore them.
@@ -26,7 +40,7 @@ def estimate_tokens(payload: object) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
-def _text_tokens(text: str) -> int:
+def text_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
@@ -43,7 +57,7 @@ def visible_texts(content: Any) -> list[str]:
     return texts
 
 
-def _turns(messages: list[Any]) -> list[tuple[str, str]]:
+def visible_turns(messages: list[Any]) -> list[tuple[str, str]]:
     """(role, text) of every user/assistant message with visible text, in order."""
     turns = []
     for message in messages:
@@ -55,6 +69,54 @@ def _turns(messages: list[Any]) -> list[tuple[str, str]]:
     return turns
 
 
+@dataclass(frozen=True)
+class ToolResult:
+    tool_use_id: str
+    is_error: bool
+
+
+def _blocks(message: Any, kind: str) -> list[dict[str, Any]]:
+    content = message.get("content") if isinstance(message, dict) else None
+    blocks = content if isinstance(content, list) else []
+    return [b for b in blocks if isinstance(b, dict) and b.get("type") == kind]
+
+
+def tool_results(messages: list[Any]) -> list[ToolResult]:
+    """Every `tool_result` block of the conversation, in order (the client's answers to calls)."""
+    return [
+        ToolResult(str(block.get("tool_use_id")), block.get("is_error") is True)
+        for message in messages
+        for block in _blocks(message, "tool_result")
+    ]
+
+
+def called_tool_ids(messages: list[Any]) -> list[str]:
+    """The ids of every `tool_use` block of the conversation, in order."""
+    return [str(b.get("id")) for message in messages for b in _blocks(message, "tool_use")]
+
+
+def dangling_tool_uses(messages: list[Any]) -> tuple[int, list[str]] | None:
+    """The first assistant message whose `tool_use` ids are not all answered by `tool_result`
+    blocks in the next message (the real API refuses such a conversation with a 400), as
+    (its index, the unanswered ids); None when every call has its result. The CLI's own
+    `role: "system"` messages are skipped when looking for the next message."""
+    spoken = [(i, m) for i, m in enumerate(messages) if not _is_system(m)]
+    for position, (index, message) in enumerate(spoken):
+        calls = [str(b.get("id")) for b in _blocks(message, "tool_use")]
+        if not calls:
+            continue
+        following = spoken[position + 1][1] if position + 1 < len(spoken) else None
+        answered = {str(b.get("tool_use_id")) for b in _blocks(following, "tool_result")}
+        missing = [call for call in calls if call not in answered]
+        if missing:
+            return index, missing
+    return None
+
+
+def _is_system(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("role") == "system"
+
+
 def conversation_digest(turns: list[tuple[str, str]]) -> str:
     """12 hex chars over (role, text) pairs: a test computes it from what it expects was said."""
     canonical = json.dumps(turns, separators=(",", ":"), ensure_ascii=False)
@@ -62,17 +124,28 @@ def conversation_digest(turns: list[tuple[str, str]]) -> str:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A `tool_use` block the reply ends with: step `step` (1-based) of the agent script."""
+
+    step: int
+    tool_use_id: str
+    name: str
+    input: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Reply:
-    text: str
+    text: str  # may be "" before a tool call (then no text block is sent)
     user_turns: int
     prior_digest: str
     last_user_text: str
     output_tokens: int
-    stop_reason: str  # end_turn | max_tokens
+    stop_reason: str  # end_turn | max_tokens | tool_use
+    tool_call: ToolCall | None = None
 
 
 def make_reply(messages: list[Any], *, max_tokens: int | None) -> Reply:
-    turns = _turns(messages)
+    turns = visible_turns(messages)
     user_indexes = [i for i, (role, _) in enumerate(turns) if role == "user"]
     last_user = user_indexes[-1] if user_indexes else len(turns)
     last_text = turns[last_user][1] if user_indexes else ""
@@ -82,13 +155,13 @@ def make_reply(messages: list[Any], *, max_tokens: int | None) -> Reply:
     stop_reason = "end_turn"
     # A client asking for very few tokens (the CLI's quota probe sends max_tokens=1) gets a
     # truncated reply, as from a real model.
-    if max_tokens is not None and _text_tokens(text) > max_tokens:
+    if max_tokens is not None and text_tokens(text) > max_tokens:
         text, stop_reason = text[: max(1, max_tokens) * 4], "max_tokens"
     return Reply(
         text=text,
         user_turns=len(user_indexes),
         prior_digest=digest,
         last_user_text=snippet,
-        output_tokens=_text_tokens(text),
+        output_tokens=text_tokens(text),
         stop_reason=stop_reason,
     )

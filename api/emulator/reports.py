@@ -59,6 +59,9 @@ class LogEntry(BaseModel):
     model: str | None
     messages: int  # len(messages) as sent
     user_turns: int  # user messages with text (tool results are not turns)
+    tool_results: int = 0  # tool_result blocks the request carried
+    tool_result_ids: list[str] = Field(default_factory=list)  # their tool_use_ids, in order
+    tool_errors: int = 0  # of those, how many said `is_error: true` (e.g. permission denied)
     stream: bool
     max_tokens: int | None
     status: int
@@ -66,6 +69,9 @@ class LogEntry(BaseModel):
     fault: str | None = None
     prior_digest: str | None = None  # digest of the conversation before the last user turn
     last_user_text: str | None = None  # first 40 characters
+    # The agent script's step the reply asked for (1-based) and its tool_use id; None: no call.
+    tool_step: int | None = None
+    tool_use_id: str | None = None
 
 
 class StateReport(BaseModel):

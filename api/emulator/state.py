@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
+from api.emulator.agent_script import AgentScript
 from api.emulator.clock import Clock
 from api.emulator.config import EmulatorConfig, FaultRule, LimitRule, WindowLimit
 from api.emulator.faults import FaultSchedule
@@ -60,6 +61,11 @@ class EmulatorState:
         with self._lock:
             self.config.faults = list(faults)
             self._faults = FaultSchedule(self.config.faults)
+
+    def set_agent(self, agent: AgentScript | None) -> None:
+        """Play this script from the next request on (None: plain text replies only)."""
+        with self._lock:
+            self.config.agent = agent
 
     def reset(self, *, restore_config: bool = False) -> None:
         """Forget counters, windows and the log (and, if asked, runtime config changes)."""
