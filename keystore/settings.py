@@ -21,6 +21,14 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = Field(default=None, description="Fernet key(s), comma-separated")
     api_token: SecretStr | None = Field(default=None, description="API bearer token(s)")
     api_rate_limit: str = Field(default="10/minute", description="per-client limit on /keys")
+    # Key bodies are a few hundred bytes; the cap bounds what an authenticated caller can make
+    # the server read and parse, and the bounds stop a typo from disabling it.
+    api_max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1_024,
+        le=67_108_864,
+        description="largest request body the API reads (bytes, 1 KiB to 64 MiB)",
+    )
 
     @field_validator("home")
     @classmethod

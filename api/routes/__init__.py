@@ -25,7 +25,8 @@ keys_router.include_router(pool.router)
 keys_router.include_router(config.router)
 keys_router.include_router(keys.router)  # /keys/{id} last
 
-api_router = APIRouter()
+# Any request can be refused for its body size (api/app.py, BodySizeLimit), a GET included.
+api_router = APIRouter(responses=error_responses(413))
 api_router.include_router(health.router)
 api_router.include_router(keys_router)
 api_router.include_router(
