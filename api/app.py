@@ -11,6 +11,7 @@ Requests pass, outermost first: CatchUnhandled (api/errors.py) -> BodySizeLimit 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -48,9 +49,8 @@ def create_app(
     it measures windows by)."""
     settings = settings or Settings()
     tokens = BearerTokens(settings.api_tokens())  # raises ConfigError when none is set
-    limit_kwargs = {"clock": rate_limit_clock} if rate_limit_clock is not None else {}
     rate_limit = ClientRateLimit(
-        settings.api_rate_limit, storage=rate_limit_storage, **limit_kwargs
+        settings.api_rate_limit, storage=rate_limit_storage, clock=rate_limit_clock or time.time
     )
     owned = keystore is None
     store = open_keystore(settings=settings) if keystore is None else keystore
