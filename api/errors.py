@@ -13,6 +13,10 @@
     any other KeyrelayError        500   generic text
     anything else                  500   generic text; logged with its traceback frames only
 
+Answered by middleware before routing, with `problem()`: 413 for a declared body over the limit
+(`BodySizeLimit`, api/app.py); 401 (`WWW-Authenticate: Bearer`) for a missing or wrong token and
+429 (`Retry-After`) over a per-client budget (`AccessGate`, api/auth.py).
+
 Bodies are always `{"detail": ...}`."""
 
 from __future__ import annotations

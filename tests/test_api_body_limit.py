@@ -122,9 +122,26 @@ def read_until_closed(sock: socket.socket) -> bytes:
         received += data
 
 
-def request_head(method: str, path: str, *headers: str) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: test", f"Authorization: Bearer {TOKEN}", *headers]
+def request_head(method: str, path: str, *headers: str, token: str | None = TOKEN) -> bytes:
+    auth = [f"Authorization: Bearer {token}"] if token is not None else []
+    lines = [f"{method} {path} HTTP/1.1", "Host: test", *auth, *headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def upload_forever(sock: socket.socket, stop: threading.Event) -> threading.Thread:
+    """Send 1 KiB chunks on `sock` until `stop` is set or the server closes the connection."""
+    chunk = b"%x\r\n%s\r\n" % (1024, b"x" * 1024)
+
+    def upload() -> None:
+        try:
+            while not stop.is_set():
+                sock.sendall(chunk)
+        except OSError:
+            pass  # the server closed the connection: what we wait for
+
+    uploader = threading.Thread(target=upload, daemon=True)
+    uploader.start()
+    return uploader
 
 
 def test_a_huge_declared_body_is_answered_without_being_sent(live_app: FastAPI) -> None:
@@ -144,28 +161,14 @@ def test_a_huge_declared_body_is_answered_without_being_sent(live_app: FastAPI) 
 
 
 def test_a_chunked_upload_that_never_ends_is_refused_and_closed(live_app: FastAPI) -> None:
-    chunk = b"%x\r\n%s\r\n" % (1024, b"x" * 1024)
     stop = threading.Event()
-    sent = 0
-
     with serve(live_app) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(
             request_head(
                 "POST", "/keys", "Content-Type: application/json", "Transfer-Encoding: chunked"
             )
         )
-
-        def upload_forever() -> None:
-            nonlocal sent
-            try:
-                while not stop.is_set():
-                    sock.sendall(chunk)
-                    sent += 1024
-            except OSError:
-                pass  # the server closed the connection: what we wait for
-
-        uploader = threading.Thread(target=upload_forever, daemon=True)
-        uploader.start()
+        uploader = upload_forever(sock, stop)
         try:
             response = read_until_closed(sock)  # a hang fails here, on the socket timeout
         finally:
@@ -175,7 +178,39 @@ def test_a_chunked_upload_that_never_ends_is_refused_and_closed(live_app: FastAP
     assert response.startswith(b"HTTP/1.1 413 "), response[:200]
     assert b"\r\nconnection: close" in response.lower()
     assert response.endswith(f'{{"detail":"{TOO_LARGE["detail"]}"}}'.encode())
-    assert sent > LIMIT
+
+
+@pytest.mark.parametrize("token", [None, "guess"], ids=["no-token", "wrong-token"])
+def test_without_the_token_a_body_is_not_waited_for(live_app: FastAPI, token: str | None) -> None:
+    # Under the limit, declared and never sent: only a server that does not read it can answer.
+    with serve(live_app) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = ("Content-Type: application/json", "Content-Length: 4000")
+        sock.sendall(request_head("POST", "/keys", *head, token=token))
+
+        response = read_until_closed(sock)
+
+    status_and_headers, _, body = response.partition(b"\r\n\r\n")
+    assert status_and_headers.startswith(b"HTTP/1.1 401 ")
+    assert b"\r\nwww-authenticate: bearer" in status_and_headers.lower()
+    assert b"\r\nconnection: close" in status_and_headers.lower()
+    assert body == b'{"detail":"missing or invalid bearer token"}'
+
+
+def test_without_the_token_an_endless_upload_is_refused_and_closed(live_app: FastAPI) -> None:
+    stop = threading.Event()
+    with serve(live_app) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            request_head("PATCH", "/keys/config", "Transfer-Encoding: chunked", token=None)
+        )
+        uploader = upload_forever(sock, stop)
+        try:
+            response = read_until_closed(sock)
+        finally:
+            stop.set()
+            uploader.join(timeout=10)
+
+    assert response.startswith(b"HTTP/1.1 401 "), response[:200]
+    assert b"\r\nconnection: close" in response.lower()
 
 
 def test_httpx_streaming_an_endless_body_gets_the_413(live_app: FastAPI) -> None:

@@ -57,10 +57,15 @@ def api_settings(
     *,
     tokens: str = TOKEN,
     rate: str = "10000/minute",
+    failures: str | None = None,
     max_body_bytes: int = 1_048_576,
 ) -> Settings:
     return Settings(
-        home=home, api_token=tokens, api_rate_limit=rate, api_max_body_bytes=max_body_bytes
+        home=home,
+        api_token=tokens,
+        api_rate_limit=rate,
+        api_auth_failure_limit=failures,
+        api_max_body_bytes=max_body_bytes,
     )
 
 
@@ -69,13 +74,15 @@ ClientFactory = Callable[..., TestClient]
 
 @pytest.fixture
 def make_client(ks: Keystore, tmp_path: Path) -> Iterator[ClientFactory]:
-    """make(rate=..., tokens=..., max_body_bytes=..., storage=..., clock=..., auth=True,
-    client=(host, port))."""
+    """make(rate=..., failures=..., tokens=..., max_body_bytes=..., storage=..., clock=...,
+    auth=True, client=(host, port)); `failures` (the failed-authentication budget) defaults to
+    `rate`, as in the app."""
     opened: list[TestClient] = []
 
     def make(
         *,
         rate: str = "10000/minute",
+        failures: str | None = None,
         tokens: str = TOKEN,
         max_body_bytes: int = 1_048_576,
         storage: Storage | None = None,
@@ -84,7 +91,13 @@ def make_client(ks: Keystore, tmp_path: Path) -> Iterator[ClientFactory]:
         client: tuple[str, int] = ("testclient", 50000),
     ) -> TestClient:
         app = create_app(
-            api_settings(tmp_path, tokens=tokens, rate=rate, max_body_bytes=max_body_bytes),
+            api_settings(
+                tmp_path,
+                tokens=tokens,
+                rate=rate,
+                failures=failures,
+                max_body_bytes=max_body_bytes,
+            ),
             ks,
             rate_limit_storage=storage,
             rate_limit_clock=clock,
