@@ -1,12 +1,15 @@
 """Per-client request budgets on the `limits` library (moving window).
 
-What a client is: the address in the ASGI scope (`client_address`), i.e. the TCP peer, or the
-address a trusted proxy reports when uvicorn rewrites the scope from `X-Forwarded-For` (uvicorn
-trusts that header only from FORWARDED_ALLOW_IPS, 127.0.0.1 by default). Consequences:
-- behind a reverse proxy whose headers uvicorn does not trust, every caller shares the proxy's
-  budget; trust the proxy's address (`--forwarded-allow-ips`), never `*` on an exposed port,
-  or each caller picks its own budget by sending the header;
+What a client is: the address in the ASGI scope (`client_address`): the TCP peer, unless uvicorn
+rewrote it from `X-Forwarded-For`, which it does (as `keyrelay api` runs it) for connections from
+FORWARDED_ALLOW_IPS, 127.0.0.1 by default. Consequences:
+- behind a reverse proxy on the same host, each caller is the address the proxy reports; a
+  proxy elsewhere must be trusted by address (FORWARDED_ALLOW_IPS), or every caller shares the
+  proxy's budget. Never trust `*` on an exposed port: each caller would pick its own budget by
+  sending the header. (For the same reason, any process on the API's host can pick its budget.)
 - callers behind one NAT share a budget, and an IPv6 caller with a whole prefix has many.
+Not per token: a guesser sends as many different wrong tokens as it likes, and callers often
+share one valid token.
 
 Each app has its own budgets and, unless one is passed to `create_app`, its own in-memory
 storage, so two apps in one process never share counters. A shared storage

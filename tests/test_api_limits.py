@@ -123,6 +123,18 @@ def test_limits_are_per_client_and_per_app(make_client: ClientFactory) -> None:
     assert same_app_other_ip.get("/keys").status_code == 200
 
 
+def test_the_app_itself_never_reads_forwarded_headers(make_client: ClientFactory) -> None:
+    # The client is the scope's address; only the server (uvicorn, for FORWARDED_ALLOW_IPS) may
+    # rewrite it from X-Forwarded-For.
+    client = make_client(rate="1/minute", failures="1/minute")
+    spoofed = [{"X-Forwarded-For": f"10.9.{i}.1", "Forwarded": f"for=10.9.{i}.1"} for i in (1, 2)]
+    assert client.get("/keys", headers=spoofed[0]).status_code == 200
+    assert client.get("/keys", headers=spoofed[1]).status_code == 429
+    guess = {"Authorization": "Bearer guess"}
+    assert client.get("/keys", headers=guess | spoofed[0]).status_code == 401
+    assert client.get("/keys", headers=guess | spoofed[1]).status_code == 429
+
+
 def test_resetting_the_limit_storage_lets_clients_in_again(make_client: ClientFactory) -> None:
     client = make_client(rate="1/minute", failures="1/minute")
     assert client.get("/keys").status_code == 200
