@@ -7,8 +7,15 @@
                                           a secret, even under a misspelt field name)
     405 (a method the path lacks)  405   `Allow` lists every method of the path (Starlette lists
                                           only the first route's)
+    BodyTooLarge                   413   the body is over KEYRELAY_API_MAX_BODY_BYTES (raised while
+                                          it streams, or answered by `BodySizeLimit` in api/app.py
+                                          before any of it is read)
     any other KeyrelayError        500   generic text
     anything else                  500   generic text; logged with its traceback frames only
+
+Answered by middleware before routing, with `problem()`: 413 for a declared body over the limit
+(`BodySizeLimit`, api/app.py); 401 (`WWW-Authenticate: Bearer`) for a missing or wrong token and
+429 (`Retry-After`) over a per-client budget (`AccessGate`, api/auth.py).
 
 Bodies are always `{"detail": ...}`."""
 
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,11 +36,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keystore.errors import DuplicateKey, InvalidInput, KeyNotFound, KeyrelayError, LastEnabledKey
 
 __all__ = [
+    "BodyTooLarge",
     "FieldProblem",
     "Problem",
     "ValidationProblem",
     "error_responses",
     "install_error_handlers",
+    "problem",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,6 +78,7 @@ _DESCRIPTIONS = {
     401: "Missing or wrong bearer token",
     404: "No key with this id",
     409: "Conflicts with the pool's state",
+    413: "The request body is over the limit (KEYRELAY_API_MAX_BODY_BYTES)",
     422: "Invalid input",
     429: "Too many requests from this client",
     500: "Internal error",
@@ -95,6 +106,28 @@ def error_responses(*codes: int, **descriptions: str) -> dict[int | str, dict[st
             entry["headers"] = _HEADERS[code]
         out[code] = entry
     return out
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """The request body passed the limit while it was being read.
+
+    An HTTPException so FastAPI re-raises it from the body read (any other exception there becomes
+    a 400) and the default handler answers it; `Connection: close` tells the server to stop
+    reading the rest rather than drain it."""
+
+    def __init__(self, max_body_bytes: int) -> None:
+        super().__init__(
+            status_code=413,
+            detail=f"request body over the limit of {max_body_bytes} bytes",
+            headers={"Connection": "close"},
+        )
+
+
+def problem(
+    status_code: int, detail: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """An error response for middleware, which answers outside the exception handlers."""
+    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
 
 
 def status_for(exc: KeyrelayError) -> int:

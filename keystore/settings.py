@@ -20,14 +20,30 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite under home")
     master_key: SecretStr | None = Field(default=None, description="Fernet key(s), comma-separated")
     api_token: SecretStr | None = Field(default=None, description="API bearer token(s)")
-    api_rate_limit: str = Field(default="10/minute", description="per-client limit on /keys")
+    api_rate_limit: str = Field(
+        default="10/minute", description="per-client limit on API requests (valid token)"
+    )
+    # Unset: the same rate as api_rate_limit (10/minute by default), which keeps the number of
+    # wrong-token requests a client gets answered with 401 what it was before they had their own
+    # budget.
+    api_auth_failure_limit: str | None = Field(
+        default=None, description="per-client budget of failed authentications"
+    )
+    # Key bodies are a few hundred bytes; the cap bounds what an authenticated caller can make
+    # the server read and parse, and the bounds stop a typo from disabling it.
+    api_max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1_024,
+        le=67_108_864,
+        description="largest request body the API reads (bytes, 1 KiB to 64 MiB)",
+    )
 
     @field_validator("home")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
 
-    @field_validator("database_url")
+    @field_validator("database_url", "api_auth_failure_limit")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value or None
@@ -39,6 +55,10 @@ class Settings(BaseSettings):
     @property
     def master_key_file(self) -> Path:
         return self.home / "master.key"
+
+    @property
+    def resolved_api_auth_failure_limit(self) -> str:
+        return self.api_auth_failure_limit or self.api_rate_limit
 
     def api_tokens(self) -> list[str]:
         if self.api_token is None:

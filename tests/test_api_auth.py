@@ -1,10 +1,13 @@
-"""Bearer tokens and the per-client rate limit on /keys."""
+"""Bearer tokens, checked before routing (api/auth.py, AccessGate), and the per-client budget of
+failed authentications, which never locks a valid token out. The request limit itself is in
+test_api_limits.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import cast
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -41,10 +44,24 @@ PROTECTED = [
 ]
 
 
+WRONG = {"Authorization": "Bearer guess"}
+
+
 def assert_401(response_status: int, headers: dict[str, str], body: object) -> None:
     assert response_status == 401
     assert headers.get("www-authenticate") == "Bearer"
     assert body == {"detail": "missing or invalid bearer token"}
+
+
+def assert_refused_for_failures(response: httpx.Response, *, within_s: int = 60) -> None:
+    assert response.status_code == 429
+    retry_after = response.headers["retry-after"]
+    assert retry_after.isdigit()
+    assert 1 <= int(retry_after) <= within_s
+    assert response.json() == {
+        "detail": f"too many failed authentication attempts; retry in {retry_after} s"
+    }
+    assert "www-authenticate" not in response.headers
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
@@ -102,88 +119,6 @@ def test_no_token_configured_refuses_to_start(
         create_app(settings, ks)
 
 
-def test_bad_rate_limit_setting_refuses_to_start(ks: Keystore, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="KEYRELAY_API_RATE_LIMIT"):
-        create_app(api_settings(tmp_path, rate="lots"), ks)
-
-
-def test_over_the_limit_is_429_with_retry_after(make_client: ClientFactory) -> None:
-    client = make_client(rate="3/minute")
-    assert [client.get("/keys").status_code for _ in range(3)] == [200, 200, 200]
-
-    response = client.get("/keys/status")
-
-    assert response.status_code == 429
-    retry_after = response.headers["retry-after"]
-    assert retry_after.isdigit()
-    assert 1 <= int(retry_after) <= 60
-    assert set(response.json()) == {"detail"}
-
-
-def test_failed_authentication_counts_against_the_limit(make_client: ClientFactory) -> None:
-    client = make_client(rate="3/minute", auth=False)
-    for _ in range(3):
-        assert client.get("/keys", headers={"Authorization": "Bearer guess"}).status_code == 401
-
-    assert client.get("/keys", headers=AUTH).status_code == 429
-    assert client.get("/keys", headers={"Authorization": "Bearer guess"}).status_code == 429
-
-
-def test_invalid_requests_count_too_and_other_routes_are_not_limited(
-    make_client: ClientFactory,
-) -> None:
-    client = make_client(rate="2/minute")
-    assert client.get("/keys/0").status_code == 404
-    assert client.post("/keys", json={}).status_code == 422
-    assert client.get("/keys/config").status_code == 429
-    assert client.patch("/keys/config", json={}).status_code == 429
-    for _ in range(5):
-        assert client.get("/healthz").status_code == 200
-        assert client.get("/audit").status_code == 200
-
-
-def test_recovery_and_retry_after_follow_the_moving_window(make_client: ClientFactory) -> None:
-    clock = ManualClock()
-    client = make_client(rate="3/minute", storage=ManualWindowStorage(clock), clock=clock)
-    client.get("/keys")
-    clock.advance(20)
-    client.get("/keys")
-    client.get("/keys")
-    clock.advance(10)
-
-    refused = client.get("/keys")
-    assert refused.status_code == 429
-    assert refused.headers["retry-after"] == "30"  # the first hit leaves the window at t=60
-
-    clock.advance(29.5)
-    assert client.get("/keys").headers["retry-after"] == "1"  # rounded up, never 0
-    clock.advance(0.5)
-    assert client.get("/keys").status_code == 200
-    assert client.get("/keys").status_code == 429
-    clock.advance(60)
-    assert [client.get("/keys").status_code for _ in range(4)] == [200, 200, 200, 429]
-
-
-def test_limits_are_per_client_and_per_app(make_client: ClientFactory) -> None:
-    first = make_client(rate="1/minute", client=("10.0.0.1", 1000))
-    neighbour = make_client(rate="1/minute", client=("10.0.0.2", 1000))
-    assert first.get("/keys").status_code == 200
-    assert first.get("/keys").status_code == 429
-    assert neighbour.get("/keys").status_code == 200  # another IP, and another app
-
-    same_ip_other_app = make_client(rate="1/minute", client=("10.0.0.1", 1000))
-    assert same_ip_other_app.get("/keys").status_code == 200
-
-
-def test_resetting_the_limit_storage_lets_clients_in_again(make_client: ClientFactory) -> None:
-    client = make_client(rate="1/minute")
-    assert client.get("/keys").status_code == 200
-    assert client.get("/keys").status_code == 429
-    app = cast(FastAPI, client.app)
-    app.state.rate_limit.reset()
-    assert client.get("/keys").status_code == 200
-
-
 def test_tokens_are_never_shown(ks: Keystore, tmp_path: Path) -> None:
     app = create_app(api_settings(tmp_path), ks)
     assert TOKEN not in repr(app.state.tokens)
@@ -201,3 +136,79 @@ def test_documentation_is_public_and_holds_no_data(make_client: ClientFactory) -
     assert TOKEN not in document.text
     assert anonymous.get("/docs").status_code == 200
     assert anonymous.get("/keys").status_code == 401
+
+
+def test_unknown_paths_need_the_token_too(make_client: ClientFactory) -> None:
+    anonymous = make_client(auth=False)
+    for method, path in (("GET", "/nope"), ("PUT", "/keys"), ("GET", "/keys/abc")):
+        response = anonymous.request(method, path)
+        assert_401(response.status_code, dict(response.headers), response.json())
+    client = make_client()
+    assert client.get("/nope").status_code == 404
+    assert client.put("/keys").status_code == 405
+
+
+def test_failed_authentication_has_its_own_budget(make_client: ClientFactory) -> None:
+    client = make_client(rate="4/minute", failures="3/minute", auth=False)
+    for headers in (WRONG, {}, {"Authorization": f"Basic {TOKEN}"}):  # wrong, missing, not Bearer
+        response = client.get("/keys", headers=headers)
+        assert_401(response.status_code, dict(response.headers), response.json())
+
+    for method, path in (("GET", "/keys"), ("GET", "/audit"), ("POST", "/keys"), ("GET", "/x")):
+        assert_refused_for_failures(client.request(method, path, headers=WRONG))
+    assert_refused_for_failures(client.get("/keys/status"))  # no token at all
+
+    # The failures were not charged to the request budget: a valid token has all four requests.
+    assert [client.get("/keys", headers=AUTH).status_code for _ in range(5)] == [200] * 4 + [429]
+    assert client.get("/keys", headers=AUTH).json()["detail"].startswith("rate limit exceeded")
+
+
+def test_a_valid_token_keeps_working_while_its_address_is_refused(
+    make_client: ClientFactory,
+) -> None:
+    client = make_client(failures="10/minute", auth=False)
+    statuses = []
+    for _ in range(30):  # a guesser and the token's owner share the address
+        statuses.append(client.get("/keys", headers=WRONG).status_code)
+        assert client.get("/keys", headers=AUTH).status_code == 200
+        assert client.get("/audit", headers=AUTH).status_code == 200
+    assert statuses == [401] * 10 + [429] * 20
+
+
+def test_the_failure_budget_recovers_with_the_moving_window(make_client: ClientFactory) -> None:
+    clock = ManualClock()
+    client = make_client(
+        failures="2/minute", storage=ManualWindowStorage(clock), clock=clock, auth=False
+    )
+    assert [client.get("/keys", headers=WRONG).status_code for _ in range(2)] == [401, 401]
+    clock.advance(45)
+    refused = client.get("/keys", headers=WRONG)
+    assert_refused_for_failures(refused)
+    assert refused.headers["retry-after"] == "15"
+    clock.advance(15)
+    assert [client.get("/keys", headers=WRONG).status_code for _ in range(3)] == [401, 401, 429]
+
+
+def test_the_failure_budget_is_per_client(make_client: ClientFactory) -> None:
+    guesser = make_client(failures="1/minute", auth=False, client=("10.0.0.1", 1000))
+    neighbour = TestClient(cast(FastAPI, guesser.app), client=("10.0.0.2", 1000))
+    assert guesser.get("/keys", headers=WRONG).status_code == 401
+    assert guesser.get("/keys", headers=WRONG).status_code == 429
+    assert neighbour.get("/keys", headers=WRONG).status_code == 401
+
+
+def test_the_failure_budget_defaults_to_the_request_limit(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = make_client(rate="2/minute", auth=False)
+    assert [client.get("/keys", headers=WRONG).status_code for _ in range(3)] == [401, 401, 429]
+    monkeypatch.delenv("KEYRELAY_API_AUTH_FAILURE_LIMIT", raising=False)
+    monkeypatch.delenv("KEYRELAY_API_RATE_LIMIT", raising=False)
+    assert Settings().api_auth_failure_limit is None
+    assert Settings(api_rate_limit="7/second").resolved_api_auth_failure_limit == "7/second"
+    assert Settings(api_auth_failure_limit="").resolved_api_auth_failure_limit == "10/minute"
+
+
+def test_bad_failure_budget_setting_refuses_to_start(ks: Keystore, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="KEYRELAY_API_AUTH_FAILURE_LIMIT 'often'"):
+        create_app(api_settings(tmp_path, failures="often"), ks)

@@ -2,17 +2,24 @@
 
 `api_client` builds an app on the parametrized `ks` (SQLite and PostgreSQL) with a bearer token
 and a rate limit high enough not to interfere; `ManualWindowStorage` is a moving-window storage
-for the `limits` library that runs on a manual clock, so rate-limit recovery needs no sleeping."""
+for the `limits` library that runs on a manual clock, so rate-limit recovery needs no sleeping;
+`serve` runs an app under a real uvicorn server (in a thread) for what only a socket shows."""
 
 from __future__ import annotations
 
 import bisect
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from limits.storage import MovingWindowSupport, Storage
 
@@ -45,8 +52,21 @@ KEY_FIELDS = {
 }
 
 
-def api_settings(home: Path, *, tokens: str = TOKEN, rate: str = "10000/minute") -> Settings:
-    return Settings(home=home, api_token=tokens, api_rate_limit=rate)
+def api_settings(
+    home: Path,
+    *,
+    tokens: str = TOKEN,
+    rate: str = "10000/minute",
+    failures: str | None = None,
+    max_body_bytes: int = 1_048_576,
+) -> Settings:
+    return Settings(
+        home=home,
+        api_token=tokens,
+        api_rate_limit=rate,
+        api_auth_failure_limit=failures,
+        api_max_body_bytes=max_body_bytes,
+    )
 
 
 ClientFactory = Callable[..., TestClient]
@@ -54,20 +74,30 @@ ClientFactory = Callable[..., TestClient]
 
 @pytest.fixture
 def make_client(ks: Keystore, tmp_path: Path) -> Iterator[ClientFactory]:
-    """make(rate=..., tokens=..., storage=..., clock=..., auth=True, client=(host, port))."""
+    """make(rate=..., failures=..., tokens=..., max_body_bytes=..., storage=..., clock=...,
+    auth=True, client=(host, port)); `failures` (the failed-authentication budget) defaults to
+    `rate`, as in the app."""
     opened: list[TestClient] = []
 
     def make(
         *,
         rate: str = "10000/minute",
+        failures: str | None = None,
         tokens: str = TOKEN,
+        max_body_bytes: int = 1_048_576,
         storage: Storage | None = None,
         clock: Callable[[], float] | None = None,
         auth: bool = True,
         client: tuple[str, int] = ("testclient", 50000),
     ) -> TestClient:
         app = create_app(
-            api_settings(tmp_path, tokens=tokens, rate=rate),
+            api_settings(
+                tmp_path,
+                tokens=tokens,
+                rate=rate,
+                failures=failures,
+                max_body_bytes=max_body_bytes,
+            ),
             ks,
             rate_limit_storage=storage,
             rate_limit_clock=clock,
@@ -85,6 +115,30 @@ def make_client(ks: Keystore, tmp_path: Path) -> Iterator[ClientFactory]:
 @pytest.fixture
 def client(make_client: ClientFactory) -> TestClient:
     return make_client()
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[int]:
+    """Serve `app` with uvicorn (h11, one process) on a free loopback port in a thread; yields the
+    port once the server listens, and stops it on exit."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
 
 
 class ManualClock:

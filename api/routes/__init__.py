@@ -9,27 +9,31 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.routing import APIRoute
 
-from api.deps import limit_per_client, require_token
+from api.deps import require_token
 from api.errors import error_responses
 from api.routes import audit, config, health, keys, pool
 
 __all__ = ["allowed_methods", "api_router"]
 
+# Authentication and the per-client limits run before routing (api/auth.py, AccessGate); the
+# token dependency documents the scheme and guards the routes should the gate be missing.
 keys_router = APIRouter(
     tags=["keys"],
-    # The limit runs first, so failed authentication attempts count against it.
-    dependencies=[Depends(limit_per_client), Depends(require_token)],
+    dependencies=[Depends(require_token)],
     responses=error_responses(401, 429, 500),
 )
 keys_router.include_router(pool.router)
 keys_router.include_router(config.router)
 keys_router.include_router(keys.router)  # /keys/{id} last
 
-api_router = APIRouter()
+# Any request can be refused for its body size (api/app.py, BodySizeLimit), a GET included.
+api_router = APIRouter(responses=error_responses(413))
 api_router.include_router(health.router)
 api_router.include_router(keys_router)
 api_router.include_router(
-    audit.router, dependencies=[Depends(require_token)], responses=error_responses(401, 500)
+    audit.router,
+    dependencies=[Depends(require_token)],
+    responses=error_responses(401, 429, 500),
 )
 
 
