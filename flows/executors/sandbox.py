@@ -1,0 +1,336 @@
+"""Run an agent's CLI inside a bubblewrap (`bwrap`) sandbox, so that nothing secret of the host
+is in the agent's world: not the flow-run process (its environment holds KEYRELAY_MASTER_KEY,
+KEYRELAY_DATABASE_URL, Prefect's tokens), not KEYRELAY_HOME (keystore, master key file), not
+PREFECT_HOME, not the invoking user's home, not the host's /tmp.
+
+The integrator (flows/executors/claude_code.py) builds argv and env as today, then wraps them:
+
+    sandbox = Sandbox(mode="required")         # once per executor
+    warning = sandbox.check()                  # raises SandboxUnavailable when required and
+    if warning:                                # missing; in "auto" a text for the run's log
+        run_logger.warning(warning)
+    ...
+    argv, env = sandbox.wrap(
+        argv, env, cwd=self.workdir, writable=[home, tmp_dir]    # the turn's private dirs
+    )
+    output = await run_cli(argv, env=env, cwd=self.workdir, stdin=..., timeout_s=...)
+
+`check()` runs bwrap once per process (cached, bounded by `probe_timeout_s`); call it from a
+thread (`anyio.to_thread.run_sync`) if a few ms of blocking matter. `wrap` raises InvalidInput
+for a working directory that is or contains KEYRELAY_HOME (and the like, see `_refuse`).
+
+What the sandbox is (and why), in bwrap terms:
+- a root built from a few system directories, read-only (`system_paths`: /usr, /bin, /lib*,
+  /etc, /opt, ...), not `--ro-bind / /` with masks over what we know to be secret. An allow-list
+  hides what nobody listed: other users' homes, /root, /srv, /var (a local PostgreSQL's data
+  files), /run (sockets, container secrets), /mnt, checkouts elsewhere, an env file some
+  deployment keeps next to the service. The price: a tool installed outside these directories
+  is not there unless the caller adds it (`readonly=`).
+- then the executable (argv[0]) read-only at its own path (the claude CLI lives in the hidden
+  home, ~/.cache/keyrelay/claude-code), the `readonly` extras, and the working directory and
+  the turn's private dirs writable, at their host paths: files written there stay on the host.
+- hidden paths that lie inside something visible are masked again (empty tmpfs, /dev/null),
+  after their parents and before their own visible children, so a working directory inside
+  KEYRELAY_HOME stays reachable while KEYRELAY_HOME is not.
+- fresh /proc in its own PID namespace (`--unshare-pid`): the flow-run process and every other
+  host process are not there; a minimal /dev; private tmpfs /tmp (Prefect's process worker writes
+  its environment to a file under the host's /tmp).
+- the network is shared: the CLI must reach the relay on 127.0.0.1 of the host.
+- `--cap-drop ALL`: bwrap run by root keeps every capability otherwise (mount the host disk).
+- `--die-with-parent`, `--new-session` (no TIOCSTI into a terminal). Killing bwrap (run_cli
+  kills the process group on timeout) kills PID 1 of the namespace and with it everything in
+  the sandbox, also what a tool moved into another session or process group.
+- the environment: bwrap is exec'd with exactly the caller's `env` and passes it through,
+  instead of `--clearenv --setenv NAME VALUE`: argv is world-readable on the host
+  (/proc/<pid>/cmdline), the environment is not.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal, cast, get_args
+
+from sqlalchemy.engine import make_url
+
+from keystore.errors import InvalidInput, KeyrelayError
+from keystore.settings import Settings
+
+__all__ = [
+    "DEFAULT_SYSTEM_PATHS",
+    "Sandbox",
+    "SandboxMode",
+    "SandboxUnavailable",
+    "sandbox_mode",
+]
+
+log = logging.getLogger(__name__)
+
+SandboxMode = Literal["required", "auto", "off"]
+DEFAULT_SYSTEM_PATHS = (
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc",
+    "/opt",
+)
+# Readable by root (the owner) even without capabilities, and of no use to an agent.
+_ETC_SECRETS = (
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/ssl/private",
+    "/etc/ssh/ssh_host_*key",
+)
+# Often symlinks into /run (systemd-resolved), which is not in the sandbox: bind their targets.
+_ETC_LINKS = ("/etc/resolv.conf", "/etc/hosts", "/etc/localtime")
+# Fresh, empty tmpfs inside the sandbox; the host's are hidden.
+_PRIVATE_TMP = ("/tmp", "/var/tmp")  # noqa: S108
+_INSTALL_HINT = "apt-get install bubblewrap"
+_NAMESPACE_FLAGS = (
+    "--unshare-pid",
+    "--unshare-ipc",
+    "--die-with-parent",
+    "--new-session",
+    "--cap-drop",
+    "ALL",
+)
+
+
+class SandboxUnavailable(KeyrelayError, RuntimeError):
+    """Mode "required" and bubblewrap is missing or cannot create namespaces here."""
+
+
+def sandbox_mode(value: str) -> SandboxMode:
+    """Validate a mode read from a setting."""
+    if value in get_args(SandboxMode):
+        return cast(SandboxMode, value)
+    raise InvalidInput(f"sandbox: must be one of {', '.join(get_args(SandboxMode))}")
+
+
+class Sandbox:
+    def __init__(
+        self,
+        mode: SandboxMode = "auto",
+        *,
+        bwrap: str | Path | None = None,
+        settings: Settings | None = None,
+        readonly: Sequence[str | Path] = (),
+        system_paths: Sequence[str] = DEFAULT_SYSTEM_PATHS,
+        probe_timeout_s: float = 10.0,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        if mode not in get_args(SandboxMode):
+            raise InvalidInput(f"sandbox: must be one of {', '.join(get_args(SandboxMode))}")
+        self.mode: SandboxMode = mode
+        self._bwrap = str(bwrap) if bwrap is not None else None
+        self._probe_timeout_s = probe_timeout_s
+        self._readonly = [_real(p) for p in readonly]
+        self._system_paths = tuple(system_paths)
+        environ = os.environ if environ is None else environ
+        settings = settings or Settings()
+        # Refused as (part of) a visible directory: they are the keystore.
+        self._secrets = [_real(settings.home), _real(settings.master_key_file)]
+        sqlite_file = _sqlite_file(settings.resolved_database_url)
+        if sqlite_file is not None:
+            self._secrets.append(sqlite_file.parent)
+        # Not visible, masked again when inside a visible directory.
+        homes = [_real(environ.get("HOME") or Path.home()), _real(pwd.getpwuid(os.getuid()).pw_dir)]
+        prefect_home = _real(environ.get("PREFECT_HOME") or homes[0] / ".prefect")
+        self._hidden = list(
+            dict.fromkeys([*self._secrets, prefect_home, *homes, Path(_PRIVATE_TMP[0])])
+        )
+
+    def __repr__(self) -> str:
+        return f"Sandbox(mode={self.mode!r})"
+
+    def check(self) -> str | None:
+        """None when turns will run sandboxed (or mode "off"); in mode "auto" without a working
+        bwrap, the warning for the run's log. Raises SandboxUnavailable in mode "required"."""
+        if self.mode == "off":
+            return None
+        problem = self._problem()
+        if problem is None:
+            return None
+        if self.mode == "required":
+            raise SandboxUnavailable(f"sandbox required but unavailable: {problem}")
+        return (
+            f"WARNING: the agent runs WITHOUT a sandbox ({problem}); it can read this user's "
+            "files and other processes' environments. Set the sandbox mode to 'required' to "
+            "refuse instead."
+        )
+
+    def wrap(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        cwd: str | Path,
+        writable: Sequence[str | Path] = (),
+    ) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment to run instead: unchanged when not sandboxed. `cwd` is
+        writable too. Paths are resolved (symlinks): give the CLI the resolved working dir."""
+        if self.mode == "off":
+            return list(argv), dict(env)
+        warning = self.check()
+        if warning is not None:
+            log.warning("%s", warning)
+            return list(argv), dict(env)
+        return self._bwrap_argv(argv, env, cwd=_real(cwd), writable=writable), dict(env)
+
+    def _problem(self) -> str | None:
+        path = self._bwrap or shutil.which("bwrap")
+        if path is None:
+            return f"bubblewrap (bwrap) is not installed: {_INSTALL_HINT}"
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            return f"bubblewrap (bwrap) is not installed at {path}: {_INSTALL_HINT}"
+        return _probe(os.path.realpath(path), self._probe_timeout_s)
+
+    def _bwrap_argv(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        cwd: Path,
+        writable: Sequence[str | Path],
+    ) -> list[str]:
+        if not argv:
+            raise InvalidInput("argv: empty")
+        dirs = list(dict.fromkeys([cwd, *map(_real, writable)]))
+        for folder in dirs:
+            if not folder.is_dir():
+                raise InvalidInput(f"sandbox: {folder} is not a directory")
+            self._refuse(folder)
+        for folder in self._readonly:
+            self._refuse(folder)
+        executable = _executable(argv[0], env)
+        for name in ("HOME", "TMPDIR"):
+            value = env.get(name)
+            if value and not _under_any(_real(value), [*dirs, *map(Path, _PRIVATE_TMP)]):
+                raise InvalidInput(
+                    f"sandbox: {name}={value} is not among the writable directories, "
+                    "and the sandbox hides the rest"
+                )
+        path = self._bwrap or shutil.which("bwrap")
+        assert path is not None  # check() found it
+        args = [path, *_NAMESPACE_FLAGS]
+        roots: list[Path] = []
+        for name in self._system_paths:
+            if _under_any(_real(name), self._hidden):
+                continue  # e.g. KEYRELAY_HOME=/opt: that root is not shown at all
+            if os.path.islink(name):
+                args += ["--symlink", os.readlink(name), name]
+            elif os.path.isdir(name):
+                args += ["--ro-bind", name, name]
+                roots.append(Path(name))
+        for name in _ETC_LINKS:
+            target = _real(name)
+            if os.path.islink(name) and target.exists() and not _under_any(target, roots):
+                args += ["--ro-bind", str(target), str(target)]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        for name in _PRIVATE_TMP:
+            args += ["--tmpfs", name]
+        for pattern in _ETC_SECRETS:
+            for name in sorted(glob.glob(pattern)):
+                if _under_any(Path(name), roots):
+                    args += _mask(Path(name))
+        # Binds and masks by depth, parents first; at equal depth the bind, then masks in it.
+        visible = [*roots, *self._readonly, *dirs, executable]
+        layers: list[tuple[int, int, list[str]]] = []
+        for ro in [executable, *self._readonly]:
+            layers.append((len(ro.parts), 0, ["--ro-bind", str(ro), str(ro)]))
+        for folder in dirs:
+            layers.append((len(folder.parts), 0, ["--bind", str(folder), str(folder)]))
+        for hidden in self._hidden:
+            if hidden.exists() and any(_within(hidden, v) and hidden != v for v in visible):
+                layers.append((len(hidden.parts), 1, _mask(hidden)))
+        for _depth, _order, layer in sorted(layers, key=lambda item: item[:2]):
+            args += layer
+        return [*args, "--chdir", str(cwd), "--", str(executable), *argv[1:]]
+
+    def _refuse(self, folder: Path) -> None:
+        """A visible directory must not be or contain the keystore, nor be a hidden path."""
+        for secret in self._secrets:
+            if _within(secret, folder):
+                raise InvalidInput(
+                    f"sandbox: {folder} is or contains {secret} (the keystore: KEYRELAY_HOME, "
+                    "its SQLite database or master key); use a directory outside it"
+                )
+        if folder in self._hidden:
+            raise InvalidInput(
+                f"sandbox: {folder} is hidden from the agent (home, Prefect or temporary "
+                "directory); use a directory inside it"
+            )
+
+
+@functools.cache
+def _probe(bwrap: str, timeout_s: float) -> str | None:
+    """Run a trivial command with the namespaces a turn uses; None when it works."""
+    command = [bwrap, "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
+    command += [*_NAMESPACE_FLAGS, "--", "true"]
+    try:
+        done = subprocess.run(
+            command,
+            env={"PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"bwrap did not finish a trivial command within {timeout_s:g} s"
+    except OSError as exc:
+        return f"bwrap cannot be run: {exc}"
+    if done.returncode != 0:
+        stderr = done.stderr.strip()[-500:] or f"exit code {done.returncode}"
+        return (
+            f"bwrap cannot create namespaces here: {stderr} (unprivileged user namespaces "
+            "may be disabled: sysctl kernel.unprivileged_userns_clone, "
+            "kernel.apparmor_restrict_unprivileged_userns)"
+        )
+    log.debug("bwrap at %s works", bwrap)
+    return None
+
+
+def _mask(path: Path) -> list[str]:
+    if path.is_dir():
+        return ["--tmpfs", str(path)]
+    return ["--ro-bind", "/dev/null", str(path)]
+
+
+def _executable(name: str, env: Mapping[str, str]) -> Path:
+    found = shutil.which(name, path=env.get("PATH")) if os.sep not in name else name
+    if found is None or not os.path.isfile(found):
+        raise InvalidInput(f"sandbox: executable {name} not found")
+    return _real(found)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return _real(parsed.database)
+
+
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _under_any(path: Path, folders: Sequence[Path]) -> bool:
+    return any(_within(path, folder) for folder in folders)
