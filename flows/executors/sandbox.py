@@ -37,9 +37,14 @@ What the sandbox is (and why), in bwrap terms:
   its environment to a file under the host's /tmp).
 - the network is shared: the CLI must reach the relay on 127.0.0.1 of the host.
 - `--cap-drop ALL`: bwrap run by root keeps every capability otherwise (mount the host disk).
-- `--die-with-parent`, `--new-session` (no TIOCSTI into a terminal). Killing bwrap (run_cli
-  kills the process group on timeout) kills PID 1 of the namespace and with it everything in
-  the sandbox, also what a tool moved into another session or process group.
+- `--die-with-parent`. Killing bwrap's process group (run_cli does, on timeout, cancellation
+  and at the end of a turn) kills PID 1 of the namespace and with it everything in the sandbox,
+  also what a tool moved into another session or process group.
+- no `--new-session`: with it, PID 1 leaves bwrap's process group before it arms its
+  PDEATHSIG, so a group kill in the first milliseconds left the whole sandbox running, orphaned
+  (bwrap 0.8.0: 1 in 200 kills at 0-10 ms; 0 in 1000 without the flag). What it guards against,
+  TIOCSTI into the caller's terminal, needs a controlling terminal, and run_cli starts bwrap in
+  a session of its own without one (`start_new_session=True`): run the wrapped argv that way.
 - the environment: bwrap is exec'd with exactly the caller's `env` and passes it through,
   instead of `--clearenv --setenv NAME VALUE`: argv is world-readable on the host
   (/proc/<pid>/cmdline), the environment is not.
@@ -103,7 +108,6 @@ _NAMESPACE_FLAGS = (
     "--unshare-pid",
     "--unshare-ipc",
     "--die-with-parent",
-    "--new-session",
     "--cap-drop",
     "ALL",
 )
@@ -215,7 +219,7 @@ class Sandbox:
             self._refuse(folder)
         for folder in self._readonly:
             self._refuse(folder)
-        executable = _executable(argv[0], env)
+        executable, executable_file = _executable(argv[0], env)
         for name in ("HOME", "TMPDIR"):
             value = env.get(name)
             if value and not _under_any(_real(value), [*dirs, *map(Path, _PRIVATE_TMP)]):
@@ -225,40 +229,50 @@ class Sandbox:
                 )
         path = self._bwrap or shutil.which("bwrap")
         assert path is not None  # check() found it
-        args = [path, *_NAMESPACE_FLAGS]
-        roots: list[Path] = []
+        # Every mount by depth, parents first, so a mount inside another comes after it (a
+        # working directory under /tmp after the private /tmp, a mask inside a bound directory
+        # after that directory); at equal depth the mounts, then the masks.
+        mounts: list[tuple[Path, int, list[str]]] = [
+            (Path("/proc"), 0, ["--proc", "/proc"]),
+            (Path("/dev"), 0, ["--dev", "/dev"]),
+            *[(Path(name), 0, ["--tmpfs", name]) for name in _PRIVATE_TMP],
+        ]
+        roots: list[Path] = []  # bound system directories
+        shown: list[Path] = []  # and the symlinks to them
         for name in self._system_paths:
-            if _under_any(_real(name), self._hidden):
-                continue  # e.g. KEYRELAY_HOME=/opt: that root is not shown at all
+            if _under_any(Path(name), self._secrets) or _real(name) in self._hidden:
+                continue  # e.g. KEYRELAY_HOME=/opt: that directory is not shown at all
             if os.path.islink(name):
-                args += ["--symlink", os.readlink(name), name]
+                mounts.append((Path(name), 0, ["--symlink", os.readlink(name), name]))
+                shown.append(Path(name))
             elif os.path.isdir(name):
-                args += ["--ro-bind", name, name]
+                mounts.append((Path(name), 0, ["--ro-bind", name, name]))
                 roots.append(Path(name))
+                shown.append(Path(name))
         for name in _ETC_LINKS:
             target = _real(name)
             if os.path.islink(name) and target.exists() and not _under_any(target, roots):
-                args += ["--ro-bind", str(target), str(target)]
-        args += ["--proc", "/proc", "--dev", "/dev"]
-        for name in _PRIVATE_TMP:
-            args += ["--tmpfs", name]
+                mounts.append((target, 0, ["--ro-bind", str(target), str(target)]))
         for pattern in _ETC_SECRETS:
-            for name in sorted(glob.glob(pattern)):
+            for name in glob.glob(pattern):
                 if _under_any(Path(name), roots):
-                    args += _mask(Path(name))
-        # Binds and masks by depth, parents first; at equal depth the bind, then masks in it.
-        visible = [*roots, *self._readonly, *dirs, executable]
-        layers: list[tuple[int, int, list[str]]] = []
-        for ro in [executable, *self._readonly]:
-            layers.append((len(ro.parts), 0, ["--ro-bind", str(ro), str(ro)]))
+                    mounts.append((Path(name), 1, _mask(Path(name))))
+        # The executable keeps its path (argv[0] is what multi-call binaries dispatch on).
+        if not _under_any(executable, shown):
+            bind = ["--ro-bind", str(executable_file), str(executable)]
+            mounts.append((executable, 0, bind))
+        for folder in self._readonly:
+            mounts.append((folder, 0, ["--ro-bind", str(folder), str(folder)]))
         for folder in dirs:
-            layers.append((len(folder.parts), 0, ["--bind", str(folder), str(folder)]))
+            mounts.append((folder, 0, ["--bind", str(folder), str(folder)]))
+        visible = [*roots, *self._readonly, *dirs]
         for hidden in self._hidden:
             if hidden.exists() and any(_within(hidden, v) and hidden != v for v in visible):
-                layers.append((len(hidden.parts), 1, _mask(hidden)))
-        for _depth, _order, layer in sorted(layers, key=lambda item: item[:2]):
-            args += layer
-        return [*args, "--chdir", str(cwd), "--", str(executable), *argv[1:]]
+                mounts.append((hidden, 1, _mask(hidden)))
+        args = [path, *_NAMESPACE_FLAGS]
+        for _path, _order, mount in sorted(mounts, key=lambda m: (len(m[0].parts), m[1])):
+            args += mount
+        return [*args, "--chdir", str(cwd), "--", *argv]
 
     def _refuse(self, folder: Path) -> None:
         """A visible directory must not be or contain the keystore, nor be a hidden path."""
@@ -310,11 +324,12 @@ def _mask(path: Path) -> list[str]:
     return ["--ro-bind", "/dev/null", str(path)]
 
 
-def _executable(name: str, env: Mapping[str, str]) -> Path:
+def _executable(name: str, env: Mapping[str, str]) -> tuple[Path, Path]:
+    """Where argv[0] is (as given, absolute) and the file it resolves to."""
     found = shutil.which(name, path=env.get("PATH")) if os.sep not in name else name
     if found is None or not os.path.isfile(found):
         raise InvalidInput(f"sandbox: executable {name} not found")
-    return _real(found)
+    return Path(os.path.abspath(found)), _real(found)
 
 
 def _sqlite_file(url: str) -> Path | None:
