@@ -22,8 +22,18 @@ from pathlib import Path
 import anyio
 import pytest
 
-from flows.executors.cli_process import run_cli
+from api.emulator import (
+    EmulatorConfig,
+    RunningEmulator,
+    conversation_digest,
+    fingerprint,
+    serve_emulator,
+)
+from flows.executors.claude_bin import ClaudeBinaryUnavailable, ensure_claude_bin
+from flows.executors.cli_process import CliOutput, run_cli
 from flows.executors.sandbox import DEFAULT_SYSTEM_PATHS, Sandbox, SandboxUnavailable
+from flows.executors.subprocess_env import child_env
+from flows.executors.transcript import find_transcript
 from keystore.errors import InvalidInput
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -432,3 +442,48 @@ def test_a_hanging_bwrap_is_given_up_on(tmp_path: Path) -> None:
     with pytest.raises(SandboxUnavailable, match=r"did not finish a trivial command within 0\.5 s"):
         Sandbox("required", bwrap=fake, probe_timeout_s=0.5).check()
     assert time.monotonic() - started < 10
+
+
+# (f) the real claude CLI, one turn inside the sandbox against the emulator
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[RunningEmulator]:
+    with serve_emulator(EmulatorConfig()) as running:
+        yield running
+
+
+@pytest.mark.slow
+def test_the_real_claude_cli_runs_a_turn_in_the_sandbox(
+    provider: RunningEmulator, keystore_files: KeystoreFiles, turn: Path, workdir: Path
+) -> None:
+    try:
+        binary = ensure_claude_bin()
+    except ClaudeBinaryUnavailable as exc:
+        pytest.fail(f"the real claude CLI is required (CI installs it) and is missing: {exc}")
+    provider.admin.reset(restore_config=True)
+    api_key = f"sk-ant-api03-sandbox-{uuid.uuid4().hex}"
+    config_dir = turn / "home" / ".claude"
+    env = child_env(
+        secret=api_key,
+        home=turn / "home",
+        config_dir=config_dir,
+        tmp_dir=turn / "tmp",
+        base_url=provider.base_url,
+    )
+    argv = [str(binary), "-p", "--output-format", "stream-json", "--verbose"]
+    argv, env = Sandbox("required").wrap(argv, env, cwd=workdir, writable=[turn])
+    assert Path(argv[0]).name == "bwrap"
+
+    async def turn_once() -> CliOutput:
+        return await run_cli(argv, env=env, cwd=workdir, stdin=b"hello sandbox", timeout_s=120)
+
+    output = anyio.run(turn_once)
+    assert output.returncode == 0, (output.stderr, output.other_stdout)
+    (result,) = [e for e in output.events if e["type"] == "result"]
+    expected = f"reply to {conversation_digest([])}: turn 1; last user text: hello sandbox"
+    assert (result["is_error"], result["result"]) == (False, expected)
+    # The session transcript landed in the turn's config dir on the host (resumable).
+    assert find_transcript(config_dir, result["session_id"]) is not None
+    (entry,) = provider.admin.log()
+    assert (entry.status, entry.key_fingerprint) == (200, fingerprint(api_key))
