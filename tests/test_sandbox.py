@@ -31,7 +31,12 @@ from api.emulator import (
 )
 from flows.executors.claude_bin import ClaudeBinaryUnavailable, ensure_claude_bin
 from flows.executors.cli_process import CliOutput, run_cli
-from flows.executors.sandbox import DEFAULT_SYSTEM_PATHS, Sandbox, SandboxUnavailable
+from flows.executors.sandbox import (
+    DEFAULT_SYSTEM_PATHS,
+    Sandbox,
+    SandboxUnavailable,
+    read_from_sandbox,
+)
 from flows.executors.subprocess_env import child_env
 from flows.executors.transcript import find_transcript
 from keystore.errors import InvalidInput
@@ -314,6 +319,33 @@ def test_the_working_directory_is_writable_and_the_system_is_not(turn: Path, wor
 def test_home_outside_the_writable_directories_is_refused(workdir: Path) -> None:
     with pytest.raises(InvalidInput, match=r"HOME=.* is not among the writable"):
         Sandbox("required").wrap(["/bin/true"], {"HOME": str(Path.home())}, cwd=workdir)
+
+
+def test_files_the_agent_left_are_read_back_without_following_its_symlinks(
+    keystore_files: KeystoreFiles, turn: Path, workdir: Path
+) -> None:
+    # The agent swaps its session transcript for a symlink to the master key, a symlinked
+    # directory, and a FIFO (which would block a plain read forever).
+    projects = turn / "home" / ".claude" / "projects"
+    script = (
+        f"mkdir -p {projects}/a && echo transcript > {projects}/a/ok.jsonl && "
+        f"ln -s {keystore_files.master_key_file} {projects}/a/key.jsonl && "
+        f"ln -s {keystore_files.home} {projects}/b && mkfifo {projects}/a/fifo.jsonl"
+    )
+    env = {**PATH_ENV, "HOME": str(turn / "home")}
+    done = run(
+        Sandbox("required"), ["/bin/sh", "-c", script], cwd=workdir, writable=[turn], env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert read_from_sandbox(projects / "a" / "ok.jsonl", within=turn) == "transcript\n"
+    assert (projects / "a" / "key.jsonl").read_text().startswith("MASTER-KEY-FILE")  # plain
+    for name, problem in [
+        ("a/key.jsonl", "leads out of"),
+        ("b/master.key", "leads out of"),
+        ("a/fifo.jsonl", "not a regular file"),
+    ]:
+        with pytest.raises(InvalidInput, match=problem):
+            read_from_sandbox(projects / name, within=turn)
 
 
 # (d) killing bwrap kills everything inside

@@ -15,6 +15,14 @@ The integrator (flows/executors/claude_code.py) builds argv and env as today, th
     )
     output = await run_cli(argv, env=env, cwd=self.workdir, stdin=..., timeout_s=...)
 
+After the turn, read what the agent could have written only with `read_from_sandbox`: the
+agent can replace the session transcript with a symlink to ~/.keyrelay/master.key, which a
+plain `read_text()` on the host would follow (and carry into the checkpoint), or with a FIFO
+that blocks it forever:
+
+    path = find_transcript(config_dir, session_id)
+    transcript = read_from_sandbox(path, within=config_dir)   # instead of path.read_text()
+
 `check()` runs bwrap once per process (cached, bounded by `probe_timeout_s`); call it from a
 thread (`anyio.to_thread.run_sync`) if a few ms of blocking matter. `wrap` raises InvalidInput
 for a working directory that is or contains KEYRELAY_HOME (and the like, see `_refuse`).
@@ -58,6 +66,7 @@ import logging
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -73,6 +82,7 @@ __all__ = [
     "Sandbox",
     "SandboxMode",
     "SandboxUnavailable",
+    "read_from_sandbox",
     "sandbox_mode",
 ]
 
@@ -287,6 +297,28 @@ class Sandbox:
                 f"sandbox: {folder} is hidden from the agent (home, Prefect or temporary "
                 "directory); use a directory inside it"
             )
+
+
+def read_from_sandbox(path: str | Path, *, within: str | Path, max_bytes: int = 256 << 20) -> str:
+    """The text of a regular file the agent could have written, found under `within`.
+
+    Refuses a path that leaves `within` through a symlink, a final symlink, and anything but a
+    regular file. Race-free once the turn is over: run_cli's group kill ends the sandbox's PID
+    namespace, so nothing of the agent is left to swap the file between check and read."""
+    folder = _real(within)
+    if not _within(_real(path), folder):
+        raise InvalidInput(f"sandbox: {path} leads out of {folder} (a symlink the agent made?)")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:  # ELOOP: the last component is a symlink
+        raise InvalidInput(f"sandbox: cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidInput(f"sandbox: {path} is not a regular file")
+        if info.st_size > max_bytes:
+            raise InvalidInput(f"sandbox: {path} is larger than {max_bytes} bytes")
+        return file.read(max_bytes).decode("utf-8")
 
 
 @functools.cache
