@@ -1,61 +1,34 @@
 """Run an agent's CLI inside a bubblewrap (`bwrap`) sandbox, so that nothing secret of the host
 is in the agent's world: not the flow-run process (its environment holds KEYRELAY_MASTER_KEY,
 KEYRELAY_DATABASE_URL, Prefect's tokens), not KEYRELAY_HOME (keystore, master key file), not
-PREFECT_HOME, not the invoking user's home, not the host's /tmp.
+PREFECT_HOME, not the invoking user's home, not the host's /tmp. The network stays shared: the
+CLI reaches the relay on the host's 127.0.0.1.
 
-The integrator (flows/executors/claude_code.py) builds argv and env as today, then wraps them:
+In the claude-code executor (`turn` is the directory holding the turn's HOME, CLAUDE_CONFIG_DIR
+and TMPDIR):
 
-    sandbox = Sandbox(mode="required")         # once per executor
-    warning = sandbox.check()                  # raises SandboxUnavailable when required and
-    if warning:                                # missing; in "auto" a text for the run's log
-        run_logger.warning(warning)
-    ...
-    argv, env = sandbox.wrap(
-        argv, env, cwd=self.workdir, writable=[home, tmp_dir]    # the turn's private dirs
-    )
+    self.sandbox = Sandbox(mode)        # in __init__: "required" | "auto" | "off"
+
+    # Before the first turn: probes bwrap (once per process). Raises SandboxUnavailable when
+    # "required" and bwrap is unusable; in "auto" returns a warning for the run's log.
+    warning = await anyio.to_thread.run_sync(self.sandbox.check)
+    if warning:
+        get_run_logger().warning(warning)
+
+    # Each turn, after child_env(...):
+    argv, env = self.sandbox.wrap(self._argv(...), env, cwd=self.workdir, writable=[Path(turn)])
     output = await run_cli(argv, env=env, cwd=self.workdir, stdin=..., timeout_s=...)
+    transcript = read_from_sandbox(path, within=config_dir)    # instead of path.read_text()
 
-After the turn, read what the agent could have written only with `read_from_sandbox`: the
-agent can replace the session transcript with a symlink to ~/.keyrelay/master.key, which a
-plain `read_text()` on the host would follow (and carry into the checkpoint), or with a FIFO
-that blocks it forever:
+`wrap` returns a new env dict (clear it after the turn, like the one it was given) and raises
+InvalidInput for a working directory that is or contains KEYRELAY_HOME. Start the wrapped argv
+the way run_cli does: in a new session (`start_new_session=True`), from a thread that outlives
+the process (bwrap's --die-with-parent fires when the spawning thread exits).
 
-    path = find_transcript(config_dir, session_id)
-    transcript = read_from_sandbox(path, within=config_dir)   # instead of path.read_text()
-
-`check()` runs bwrap once per process (cached, bounded by `probe_timeout_s`); call it from a
-thread (`anyio.to_thread.run_sync`) if a few ms of blocking matter. `wrap` raises InvalidInput
-for a working directory that is or contains KEYRELAY_HOME (and the like, see `_refuse`).
-
-What the sandbox is (and why), in bwrap terms:
-- a root built from a few system directories, read-only (`system_paths`: /usr, /bin, /lib*,
-  /etc, /opt, ...), not `--ro-bind / /` with masks over what we know to be secret. An allow-list
-  hides what nobody listed: other users' homes, /root, /srv, /var (a local PostgreSQL's data
-  files), /run (sockets, container secrets), /mnt, checkouts elsewhere, an env file some
-  deployment keeps next to the service. The price: a tool installed outside these directories
-  is not there unless the caller adds it (`readonly=`).
-- then the executable (argv[0]) read-only at its own path (the claude CLI lives in the hidden
-  home, ~/.cache/keyrelay/claude-code), the `readonly` extras, and the working directory and
-  the turn's private dirs writable, at their host paths: files written there stay on the host.
-- hidden paths that lie inside something visible are masked again (empty tmpfs, /dev/null),
-  after their parents and before their own visible children, so a working directory inside
-  KEYRELAY_HOME stays reachable while KEYRELAY_HOME is not.
-- fresh /proc in its own PID namespace (`--unshare-pid`): the flow-run process and every other
-  host process are not there; a minimal /dev; private tmpfs /tmp (Prefect's process worker writes
-  its environment to a file under the host's /tmp).
-- the network is shared: the CLI must reach the relay on 127.0.0.1 of the host.
-- `--cap-drop ALL`: bwrap run by root keeps every capability otherwise (mount the host disk).
-- `--die-with-parent`. Killing bwrap's process group (run_cli does, on timeout, cancellation
-  and at the end of a turn) kills PID 1 of the namespace and with it everything in the sandbox,
-  also what a tool moved into another session or process group.
-- no `--new-session`: with it, PID 1 leaves bwrap's process group before it arms its
-  PDEATHSIG, so a group kill in the first milliseconds left the whole sandbox running, orphaned
-  (bwrap 0.8.0: 1 in 200 kills at 0-10 ms; 0 in 1000 without the flag). What it guards against,
-  TIOCSTI into the caller's terminal, needs a controlling terminal, and run_cli starts bwrap in
-  a session of its own without one (`start_new_session=True`): run the wrapped argv that way.
-- the environment: bwrap is exec'd with exactly the caller's `env` and passes it through,
-  instead of `--clearenv --setenv NAME VALUE`: argv is world-readable on the host
-  (/proc/<pid>/cmdline), the environment is not.
+Files the agent could write (working directory, the turn's dirs) are untrusted on the host: the
+agent can replace the session transcript with a symlink to ~/.keyrelay/master.key, which a plain
+`read_text()` would follow into the checkpoint, or with a FIFO that blocks the read forever.
+`read_from_sandbox` refuses both.
 """
 
 from __future__ import annotations
@@ -89,6 +62,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SandboxMode = Literal["required", "auto", "off"]
+# The sandbox's root is built from these, read-only, not `--ro-bind / /` with masks over what
+# we know to be secret: an allow-list also hides what nobody listed (other users' homes, /root,
+# /srv, /var with a local PostgreSQL's data files, /run with sockets and container secrets,
+# /mnt, other checkouts, an env file a deployment keeps next to the service). The price: a tool
+# installed elsewhere is not there unless the caller adds it (`readonly=`).
 DEFAULT_SYSTEM_PATHS = (
     "/usr",
     "/bin",
@@ -111,9 +89,20 @@ _ETC_SECRETS = (
 )
 # Often symlinks into /run (systemd-resolved), which is not in the sandbox: bind their targets.
 _ETC_LINKS = ("/etc/resolv.conf", "/etc/hosts", "/etc/localtime")
-# Fresh, empty tmpfs inside the sandbox; the host's are hidden.
+# Fresh, empty tmpfs inside the sandbox; the host's are hidden (Prefect's process worker writes
+# its environment, tokens included, to a file under the host's /tmp).
 _PRIVATE_TMP = ("/tmp", "/var/tmp")  # noqa: S108
 _INSTALL_HINT = "apt-get install bubblewrap"
+# --unshare-pid: a fresh /proc shows only the sandbox, not the flow-run process (nor any other).
+# --cap-drop ALL: bwrap run by root keeps every capability otherwise (mount the host's disk).
+# --die-with-parent: killing bwrap, or its caller dying, kills the sandbox's PID 1 and with it
+#   everything in the namespace, also what a tool moved into another session or process group.
+# No --new-session: with it PID 1 leaves bwrap's process group before it arms its PDEATHSIG, so
+#   run_cli's group kill in the first milliseconds left the whole sandbox running, orphaned
+#   (bwrap 0.8.0: 1 in 200 kills at 0-10 ms; 0 in 1000 without it). What it guards against,
+#   TIOCSTI into the caller's terminal, needs a controlling terminal, and run_cli starts bwrap in
+#   a session of its own, without one.
+# No --unshare-net: the CLI must reach the relay on the host's 127.0.0.1.
 _NAMESPACE_FLAGS = (
     "--unshare-pid",
     "--unshare-ipc",
@@ -135,6 +124,8 @@ def sandbox_mode(value: str) -> SandboxMode:
 
 
 class Sandbox:
+    """How a turn's command runs: under bwrap, or as it is (mode "off", or "auto" without bwrap)."""
+
     def __init__(
         self,
         mode: SandboxMode = "auto",
@@ -181,7 +172,7 @@ class Sandbox:
         if self.mode == "required":
             raise SandboxUnavailable(f"sandbox required but unavailable: {problem}")
         return (
-            f"WARNING: the agent runs WITHOUT a sandbox ({problem}); it can read this user's "
+            f"the agent runs WITHOUT a sandbox ({problem}); it can read this user's "
             "files and other processes' environments. Set the sandbox mode to 'required' to "
             "refuse instead."
         )
@@ -202,6 +193,9 @@ class Sandbox:
         if warning is not None:
             log.warning("%s", warning)
             return list(argv), dict(env)
+        # bwrap passes its own environment through: exactly `env`, nothing of this process.
+        # Not `--clearenv --setenv NAME VALUE`: argv is world-readable on the host
+        # (/proc/<pid>/cmdline), the environment is not.
         return self._bwrap_argv(argv, env, cwd=_real(cwd), writable=writable), dict(env)
 
     def _problem(self) -> str | None:
@@ -239,9 +233,10 @@ class Sandbox:
                 )
         path = self._bwrap or shutil.which("bwrap")
         assert path is not None  # check() found it
-        # Every mount by depth, parents first, so a mount inside another comes after it (a
-        # working directory under /tmp after the private /tmp, a mask inside a bound directory
-        # after that directory); at equal depth the mounts, then the masks.
+        # Every mount by depth, parents first, so a mount inside another comes after it: a
+        # working directory under /tmp after the private /tmp, the mask of a hidden path inside
+        # a bound directory after that directory (and before a working directory inside the
+        # hidden path); at equal depth the mounts, then the masks.
         mounts: list[tuple[Path, int, list[str]]] = [
             (Path("/proc"), 0, ["--proc", "/proc"]),
             (Path("/dev"), 0, ["--dev", "/dev"]),
