@@ -82,6 +82,8 @@ def fault_response(exchange: Exchange, fault: FaultRule) -> JSONResponse:
     kind = fault.kind
     if kind in ("overloaded", "stream_overloaded"):
         return error_response(exchange, 529, "overloaded_error", "Overloaded")
+    if kind == "server_error":
+        return error_response(exchange, 500, "api_error", "Internal server error")
     if kind == "spend_limit":
         message = (
             "You have reached your specified workspace API usage limits. "

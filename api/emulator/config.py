@@ -27,6 +27,7 @@ __all__ = [
 
 FaultKind = Literal[
     "overloaded",  # Anthropic 529 overloaded_error; OpenAI 503 server_error
+    "server_error",  # HTTP 500: Anthropic api_error, OpenAI server_error (an outage, not a limit)
     "stream_overloaded",  # Anthropic: 200 whose SSE stream carries `event: error` overloaded
     "spend_limit",  # Anthropic 429 enforced_spend_limit_reached, no reset headers
     "insufficient_quota",  # OpenAI 429 insufficient_quota
@@ -37,6 +38,7 @@ FaultKind = Literal[
 # Which provider each fault can be rendered for; a fault never fires on the other one.
 FAULT_PROVIDERS: dict[str, frozenset[str]] = {
     "overloaded": frozenset({"anthropic", "openai"}),
+    "server_error": frozenset({"anthropic", "openai"}),
     "stream_overloaded": frozenset({"anthropic"}),
     "spend_limit": frozenset({"anthropic"}),
     "insufficient_quota": frozenset({"openai"}),

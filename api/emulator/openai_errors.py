@@ -81,6 +81,9 @@ def fault_response(exchange: Exchange, fault: FaultRule, *, usage: Usage) -> JSO
     if kind == "overloaded":
         message = "The server is overloaded or not ready yet."
         return error_response(503, message, error_type="server_error", code=None)
+    if kind == "server_error":
+        message = "The server had an error while processing your request. Sorry about that!"
+        return error_response(500, message, error_type="server_error", code=None)
     if kind == "insufficient_quota":
         message = (
             "You exceeded your current quota, please check your plan and billing details. For "

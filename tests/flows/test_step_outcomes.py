@@ -181,3 +181,20 @@ def test_no_state_is_kept_between_attempts_in_module_globals() -> None:
             and not isinstance(value, types.MappingProxyType)
         ]
         assert mutable == [], f"{name} keeps {mutable} at module level"
+
+
+@pytest.mark.parametrize("agent", ["anthropic", "openai"])
+async def test_a_provider_5xx_mid_run_backs_off_and_the_run_goes_on(
+    flow_env: FlowEnv, agent: str
+) -> None:
+    key = add_key(flow_env, "a", provider=agent)
+    prefix = "sk-proj-a-" if agent == "openai" else "sk-ant-api03-a-"
+    flow_env.emulator.admin.set_faults([FaultRule(key_prefix=prefix, kind="server_error", times=2)])
+    result = await agent_run(prompt="go", agent=agent, steps=2, return_state=True)
+    assert result.is_completed()
+    log = flow_env.emulator.admin.log()
+    assert [e.status for e in log] == [500, 500, 200, 200]
+    assert [e.user_turns for e in log] == [1, 1, 1, 2]  # the same turn, then the next one
+    attempts = await _attempt_states(result.state_details.flow_run_id)
+    assert [name for name, _ in attempts] == ["BackingOff", "BackingOff", "Completed", "Completed"]
+    assert flow_env.store.get_key(key).state == "available"  # a 5xx is nobody's key's fault
