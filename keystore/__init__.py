@@ -24,11 +24,12 @@ from keystore.models import PROVIDERS, AuditEventPublic, KeyPublic, Provider
 from keystore.ratelimits.signal import RateLimitSignal
 from keystore.settings import Settings
 from keystore.store import Keystore, open_keystore
-from keystore.views import Explanation, PoolStatus
+from keystore.views import BucketPublic, Explanation, PoolStatus
 
 __all__ = [
     "PROVIDERS",
     "AuditEventPublic",
+    "BucketPublic",
     "Clock",
     "ConfigError",
     "DuplicateKey",

@@ -1,4 +1,4 @@
-"""Limit state: cool keys on rate-limit signals, remember utilization, find the earliest reset.
+"""Cooling: take keys out of the pool on refusals until their reset, find the earliest reset.
 
 Rules (DESIGN.md "Marking a limit"):
 - cooling_until = max(old, new): a later deadline is never shortened by a shorter signal;
@@ -32,7 +32,6 @@ __all__ = [
     "Scope",
     "earliest_reset",
     "mark_limited",
-    "record_utilization",
     "set_unusable",
 ]
 
@@ -89,8 +88,6 @@ def mark_limited(
         raise KeyNotFound(key_id)
     group = _group_of(row)
     bump: dict[str, Any] = {"rate_limit_hits": keys_t.c.rate_limit_hits + 1, "updated_at": now}
-    if signal.utilization is not None:
-        bump["utilization"] = signal.utilization
     if signal.cools_key and signal.resets_at is None:
         bump["unreset_limit_at"] = now
     conn.execute(keys_t.update().where(keys_t.c.id == key_id).values(**bump))
@@ -207,14 +204,6 @@ def set_unusable(
     if not _bench(conn, key_id, reason=reason, kind=kind, now=audit.now):
         raise KeyNotFound(key_id)
     audit.record("key_unusable", key_id=key_id, run_id=run_id, reason=reason, kind=kind)
-
-
-def record_utilization(conn: Connection, key_id: int, utilization: float, *, now: datetime) -> None:
-    conn.execute(
-        keys_t.update()
-        .where(keys_t.c.id == key_id)
-        .values(utilization=max(0.0, min(1.0, utilization)), updated_at=now)
-    )
 
 
 def earliest_reset(conn: Connection, provider: str, *, now: datetime) -> datetime | None:

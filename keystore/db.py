@@ -64,8 +64,10 @@ def create_keystore_engine(url: str, **kwargs: Any) -> Engine:
     # No pre-ping: it costs a round trip per transaction on the hot path. Dropped connections are
     # recycled and a transaction that hits one is retried by the keystore.
     kwargs.setdefault("pool_recycle", 1800)
-    kwargs.setdefault("pool_size", 5)
-    kwargs.setdefault("max_overflow", 10)
+    # Flows call the keystore from anyio's worker threads (40 at most): keep as many connections
+    # open as a busy process uses, so it does not open and close one per call beyond the pool.
+    kwargs.setdefault("pool_size", 16)
+    kwargs.setdefault("max_overflow", 24)
     return create_engine(url, **kwargs)
 
 

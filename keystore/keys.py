@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, case, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
+from keystore import limits
 from keystore.audit import AuditWriter
 from keystore.crypto import MasterKey, fingerprint, mask
 from keystore.eligibility import key_state
@@ -61,8 +62,17 @@ def slot_usage(
     }
 
 
-def to_public(row: Row[Any], usage: SlotUsage | None, *, now: datetime) -> KeyPublic:
+def to_public(
+    row: Row[Any],
+    usage: SlotUsage | None,
+    buckets: Sequence[limits.BucketState],
+    *,
+    now: datetime,
+) -> KeyPublic:
     data = {c.name: getattr(row, c.name) for c in _PUBLIC_COLUMNS if c.name in _SHOWN}
+    data["utilization"] = max(
+        (b.utilization for b in buckets if b.utilization is not None), default=None
+    )
     active = usage.active if usage else 0
     if usage:
         data["uses"] = row.uses + usage.uses
@@ -72,23 +82,39 @@ def to_public(row: Row[Any], usage: SlotUsage | None, *, now: datetime) -> KeyPu
     state = key_state(row, active_leases=active, now=now)
     if state == "unusable":
         data["cooling_reason"] = row.unusable_reason
+    if state in ("available", "busy"):
+        # A bucket the provider said is spent: the key waits for its reset like a cooling one.
+        spent = [(b, b.refusal(need_tokens=1, reserve=row.reserve)) for b in buckets]
+        spent = [(b, why) for b, why in spent if why is not None and b.leases_since == 0]
+        if spent:
+            state = "cooling"
+            data["cooling_until"] = max(b.reset_at for b, _ in spent)
+            data["cooling_reason"] = "; ".join(why for _, why in spent if why)
     return KeyPublic(**data, state=state, active_leases=active)
+
+
+def _public_rows(conn: Connection, query: Any, *, now: datetime) -> list[KeyPublic]:
+    rows = conn.execute(query).all()
+    ids = [r.id for r in rows]
+    usage = slot_usage(conn, now, ids)
+    buckets: dict[int, list[limits.BucketState]] = {i: [] for i in ids}
+    for bucket in limits.limits_of(conn, now=now, key_ids=ids):
+        buckets[bucket.key_id].append(bucket)
+    return [to_public(r, usage.get(r.id), buckets[r.id], now=now) for r in rows]
 
 
 def list_keys(conn: Connection, *, now: datetime, provider: str | None = None) -> list[KeyPublic]:
     query = select(*_PUBLIC_COLUMNS).order_by(keys_t.c.provider, keys_t.c.priority, keys_t.c.id)
     if provider is not None:
         query = query.where(keys_t.c.provider == provider)
-    rows = conn.execute(query).all()
-    usage = slot_usage(conn, now)
-    return [to_public(r, usage.get(r.id), now=now) for r in rows]
+    return _public_rows(conn, query, now=now)
 
 
 def get_key(conn: Connection, key_id: int, *, now: datetime) -> KeyPublic:
-    row = conn.execute(select(*_PUBLIC_COLUMNS).where(keys_t.c.id == key_id)).one_or_none()
-    if row is None:
+    found = _public_rows(conn, select(*_PUBLIC_COLUMNS).where(keys_t.c.id == key_id), now=now)
+    if not found:
         raise KeyNotFound(key_id)
-    return to_public(row, slot_usage(conn, now, [key_id]).get(key_id), now=now)
+    return found[0]
 
 
 def add_key(conn: Connection, *, audit: AuditWriter, master: MasterKey, create: KeyCreate) -> int:

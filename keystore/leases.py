@@ -1,4 +1,4 @@
-"""The pool: acquire, renew, release and explain leases on keys.
+"""The pool's writes: acquire, renew, release and reclaim leases on keys.
 
 Invariant: the unexpired leases of a key never exceed its max_concurrency. It holds by construction:
 a key has exactly max_concurrency slot rows (keys.py keeps them in step) and a lease *is* an
@@ -8,9 +8,13 @@ IMMEDIATE` (one writer at a time). When max_concurrency is lowered below the lea
 the extra occupied slots block new leases on that key until they end, so the cap is never
 exceeded in between either.
 
-Selection order: priority, then keys at or over the proactive utilization threshold last, then least
-recently used (never used first), then id. A key is eligible when it is enabled, usable, not cooling
-and has a free slot."""
+A key is eligible when it is enabled, usable, not cooling, none of its limit buckets refuses the
+request (limits.py) and it has a free slot. On PostgreSQL the key row is locked too (skipped when
+another acquirer holds it), so two acquirers never both count the same bucket as having room.
+
+Selection order (`SELECTION_ORDER`): the holder's last key while it can serve (affinity), priority,
+the subscription window that resets soonest (its unused quota expires first), keys at or over the
+proactive utilization threshold last, least recently used (never used first), id."""
 
 from __future__ import annotations
 
@@ -21,24 +25,26 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, func, or_, select
 
+from keystore import limits
 from keystore.audit import AuditWriter
-from keystore.eligibility import key_state, usable_at
-from keystore.errors import NoKeyAvailable
+from keystore.eligibility import usable_at
 from keystore.keys import drop_slots, keys_t, slots_t
-from keystore.types import UTCDateTime, as_utc
+from keystore.types import UTCDateTime
 
 __all__ = [
+    "HOLD_WEIGHT",
     "Acquired",
-    "Candidate",
     "Released",
     "acquire_slot",
-    "candidates",
     "drop_surplus_slot",
-    "exhausted",
+    "last_use",
     "reclaim_expired",
     "release_lease",
     "renew_lease",
+    "selection_order",
 ]
+
+HOLD_WEIGHT = 0.3  # weight of the newest hold time in a slot's moving average
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class Acquired:
     reclaimed: tuple[str, str | None] | None = None  # (lease id, holder) this slot was taken from
 
 
-def _last_use() -> Any:
+def last_use() -> Any:
     """Per key, when it last gave out a lease (newest use over its slots): one grouped scan,
     joined, rather than a correlated subquery per candidate slot."""
     s3 = slots_t.alias("recent")
@@ -63,9 +69,21 @@ def _last_use() -> Any:
     )
 
 
+def selection_order(keys: Any, used: Any, *, now: Any, threshold: Any, prefer: Any) -> list[Any]:
+    """How keys that can serve are ranked (`used`: when each was last leased, from last_use)."""
+    return [
+        case((keys.id == prefer, 0), else_=1),
+        keys.priority,
+        limits.window_reset(keys, now).asc().nulls_last(),
+        case((limits.utilization(keys, now) >= threshold, 1), else_=0),
+        func.coalesce(used.at, keys.last_used_at).asc().nulls_first(),
+        keys.id,
+    ]
+
+
 def _pick_slot() -> Any:
-    """The best free slot of a provider (bind parameters: p_provider, p_now, p_threshold, and
-    p_prefer: the key the holder used last, which it keeps while that key can serve)."""
+    """The best free slot of a provider (bind parameters: p_provider, p_now, p_threshold,
+    p_need: the request's input tokens, and p_prefer: the key the holder used last)."""
     k, s = keys_t.c, slots_t.c
     now = bindparam("p_now", type_=UTCDateTime)
     s2, k2 = slots_t.alias("over_cap"), keys_t.alias("over_cap_key")
@@ -76,28 +94,23 @@ def _pick_slot() -> Any:
         .join(k2, k2.c.id == s2.c.key_id)
         .where(s2.c.slot >= k2.c.max_concurrency, s2.c.expires_at > now)
     )
-    last_use = _last_use()
+    used = last_use()
+    keys = keys_t.c
+    order = selection_order(
+        keys, used.c, now=now, threshold=bindparam("p_threshold"), prefer=bindparam("p_prefer")
+    )
     return (
         select(s.id, s.key_id, s.lease_id.label("old_lease"), s.holder.label("old_holder"))
-        .select_from(
-            slots_t.join(keys_t, k.id == s.key_id).outerjoin(last_use, last_use.c.key_id == k.id)
-        )
+        .select_from(slots_t.join(keys_t, k.id == s.key_id).outerjoin(used, used.c.key_id == k.id))
         .where(
             k.provider == bindparam("p_provider"),
             usable_at(now),
+            ~limits.blocked(keys, now, bindparam("p_need")),
             s.slot < k.max_concurrency,
             or_(s.expires_at.is_(None), s.expires_at <= now),
             s.key_id.not_in(over_cap_keys),
         )
-        .order_by(
-            case((k.id == bindparam("p_prefer"), 0), else_=1),
-            k.priority,
-            case((k.utilization >= bindparam("p_threshold"), 1), else_=0),
-            func.coalesce(last_use.c.at, k.last_used_at).asc().nulls_first(),
-            k.id,
-            s.last_acquired_at.asc().nulls_first(),
-            s.slot,
-        )
+        .order_by(*order, s.last_acquired_at.asc().nulls_first(), s.slot)
         .limit(1)
     )
 
@@ -111,13 +124,16 @@ def _take_slot() -> Any:
         expires_at=bindparam("p_expires_at", type_=UTCDateTime),
         uses=slots_t.c.uses + 1,
         last_acquired_at=now,
+        reserved_tokens=bindparam("p_reserved"),
     )
 
 
 def _acquire_one_statement() -> Any:
-    """PostgreSQL: pick and take a slot in one round trip. `FOR UPDATE OF lease_slots SKIP
-    LOCKED` makes concurrent acquirers take different slots instead of queueing on one."""
-    picked = _pick_slot().with_for_update(of=slots_t, skip_locked=True).cte("picked")
+    """PostgreSQL: pick and take a slot in one round trip. `FOR UPDATE OF lease_slots, keys SKIP
+    LOCKED` makes concurrent acquirers take different slots instead of queueing on one, and
+    never two slots of one key at the same instant (each must see the other's lease to count it
+    against the key's buckets)."""
+    picked = _pick_slot().with_for_update(of=[slots_t, keys_t], skip_locked=True).cte("picked")
     return (
         _take_slot()
         .where(slots_t.c.id == picked.c.id, keys_t.c.id == picked.c.key_id)
@@ -142,6 +158,7 @@ def acquire_slot(
     ttl_s: float,
     threshold: float,
     prefer: int | None = None,
+    input_tokens: int | None = None,
 ) -> Acquired | None:
     """Take the best free slot, or None when no slot is free (or all free ones are being taken by
     concurrent transactions right now: the caller tells the two apart with `candidates`).
@@ -154,6 +171,8 @@ def acquire_slot(
         "p_now": now,
         "p_threshold": threshold,
         "p_prefer": prefer,
+        "p_need": max(1, input_tokens or 0),
+        "p_reserved": max(0, input_tokens or 0),
         "p_holder": holder,
         "p_lease_id": lease_id,
         "p_expires_at": expires_at,
@@ -188,12 +207,24 @@ def renew_lease(conn: Connection, *, lease_id: str, ttl_s: float, now: datetime)
 
 
 def _release_statement() -> Any:
-    cap = select(keys_t.c.max_concurrency).where(keys_t.c.id == slots_t.c.key_id).scalar_subquery()
+    s = slots_t.c
+    cap = select(keys_t.c.max_concurrency).where(keys_t.c.id == s.key_id).scalar_subquery()
+    held: Any = bindparam("p_held_s")
+    average = case(
+        (s.hold_s.is_(None), held), else_=(1 - HOLD_WEIGHT) * s.hold_s + HOLD_WEIGHT * held
+    )
     return (
         slots_t.update()
-        .where(slots_t.c.lease_id == bindparam("p_lease_id"))
-        .values(lease_id=None, holder=None, acquired_at=None, expires_at=None)
-        .returning(slots_t.c.id, slots_t.c.key_id, (slots_t.c.slot >= cap).label("over_cap"))
+        .where(s.lease_id == bindparam("p_lease_id"))
+        .values(
+            lease_id=None,
+            holder=None,
+            acquired_at=None,
+            expires_at=None,
+            reserved_tokens=0,
+            hold_s=average,
+        )
+        .returning(s.id, s.key_id, (s.slot >= cap).label("over_cap"))
     )
 
 
@@ -206,10 +237,11 @@ class Released:
     surplus_slot: tuple[int, int] | None = None  # (key id, slot id) to drop: cap was lowered
 
 
-def release_lease(conn: Connection, *, lease_id: str) -> Released:
-    """Free the slot (one statement). A slot above a lowered max_concurrency is reported for the
-    caller to drop in a transaction of its own (`drop_surplus_slot`)."""
-    row = conn.execute(_RELEASE, {"p_lease_id": lease_id}).one_or_none()
+def release_lease(conn: Connection, *, lease_id: str, held_s: float = 0.0) -> Released:
+    """Free the slot (one statement), folding `held_s` into the slot's usual hold time. A slot
+    above a lowered max_concurrency is reported for the caller to drop in a transaction of its
+    own (`drop_surplus_slot`)."""
+    row = conn.execute(_RELEASE, {"p_lease_id": lease_id, "p_held_s": held_s}).one_or_none()
     if row is None:
         return Released(held=False)
     return Released(held=True, surplus_slot=(row.key_id, row.id) if row.over_cap else None)
@@ -238,123 +270,12 @@ def reclaim_expired(conn: Connection, *, audit: AuditWriter) -> int:
         freed = conn.execute(
             slots_t.update()
             .where(slots_t.c.id == row.id, slots_t.c.lease_id == row.lease_id)
-            .values(lease_id=None, holder=None, acquired_at=None, expires_at=None)
+            .values(
+                lease_id=None, holder=None, acquired_at=None, expires_at=None, reserved_tokens=0
+            )
         ).rowcount
         if freed:
             audit.record(
                 "lease_reclaimed", key_id=row.key_id, lease_id=row.lease_id, holder=row.holder
             )
     return len(expired)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One key as the pool sees it right now."""
-
-    id: int
-    name: str
-    eligible: bool
-    reason: str
-    sort_key: tuple[Any, ...]
-    cooling_until: datetime | None
-    next_lease_expiry: datetime | None
-    state: str
-
-
-def candidates(
-    conn: Connection, *, provider: str, now: datetime, threshold: float, prefer: int | None = None
-) -> list[Candidate]:
-    """Every key of the provider with whether it is eligible now and why (in selection order;
-    `prefer` as in acquire_slot)."""
-    k, s = keys_t.c, slots_t.c
-    active = (
-        select(
-            s.key_id,
-            func.count().label("in_cap"),
-            func.min(s.expires_at).label("next_expiry"),
-            func.max(case((s.slot >= k.max_concurrency, 1), else_=0)).label("over_cap"),
-        )
-        .select_from(slots_t.join(keys_t, k.id == s.key_id))
-        .where(s.expires_at > now, k.provider == provider)
-        .group_by(s.key_id)
-    )
-    leases = {r.key_id: r for r in conn.execute(active)}
-    last_use = _last_use()
-    rows = conn.execute(
-        select(keys_t, func.coalesce(last_use.c.at, k.last_used_at).label("key_last_used"))
-        .outerjoin(last_use, last_use.c.key_id == k.id)
-        .where(k.provider == provider)
-    ).all()
-    result = [
-        _candidate(r, leases.get(r.id), now=now, threshold=threshold, prefer=prefer) for r in rows
-    ]
-    return sorted(result, key=lambda c: c.sort_key)
-
-
-def _candidate(
-    row: Any, lease: Any, *, now: datetime, threshold: float, prefer: int | None
-) -> Candidate:
-    active = lease.in_cap if lease else 0
-    next_expiry = lease.next_expiry if lease else None
-    over = row.utilization is not None and row.utilization >= threshold
-    last_used = as_utc(row.key_last_used)
-    preferred = row.id == prefer
-    sort_key = (not preferred, row.priority, over, last_used is not None, last_used or now, row.id)
-    state = key_state(row, active_leases=active, now=now)
-    over_cap = bool(lease and lease.over_cap) and state in ("available", "busy")
-    if over_cap:
-        state = "busy"
-    if state == "disabled":
-        reason = "disabled"
-    elif state == "unusable":
-        reason = f"unusable: {row.unusable_reason}"
-    elif state == "cooling":
-        why = f" ({row.cooling_reason})" if row.cooling_reason else ""
-        reason = f"cooling until {row.cooling_until.isoformat(timespec='seconds')}{why}"
-    elif over_cap:
-        reason = (
-            f"busy: {active} leases out after max_concurrency was lowered to {row.max_concurrency}"
-        )
-    elif state == "busy":
-        reason = f"busy: {active}/{row.max_concurrency} leases in use"
-    else:
-        reason = f"available: {active}/{row.max_concurrency} leases in use"
-        if preferred:
-            reason += ", the run's key (affinity: kept while it can serve)"
-        if over:
-            reason += f", utilization {row.utilization:.2f} >= {threshold} (chosen last)"
-    return Candidate(
-        row.id,
-        row.name,
-        state == "available",
-        reason,
-        sort_key,
-        row.cooling_until,
-        next_expiry,
-        state,
-    )
-
-
-def exhausted(found: list[Candidate], *, provider: str, now: datetime) -> NoKeyAvailable | None:
-    """Why nothing could be leased, and when something may free up; None when a candidate is
-    eligible after all (on PostgreSQL, concurrent acquirers were taking the free slots: look
-    again)."""
-    if any(c.eligible for c in found):
-        return None
-    usable = [c for c in found if c.state not in ("disabled", "unusable")]
-    detail = [f"key {c.id} ({c.name}): {c.reason}" for c in found]
-    if not usable:
-        return NoKeyAvailable(provider, reason="none_enabled", retry_at=None, detail=detail)
-    times = [
-        t
-        for c in usable
-        for t in (c.cooling_until, c.next_lease_expiry)
-        if t is not None and t > now
-    ]
-    busy = any(c.state == "busy" for c in usable)
-    return NoKeyAvailable(
-        provider,
-        reason="all_busy" if busy else "all_cooling",
-        retry_at=min(times, default=now),
-        detail=detail,
-    )

@@ -25,6 +25,7 @@ __all__ = [
     "Key",
     "KeyBase",
     "KeyCreate",
+    "KeyLimit",
     "KeyPublic",
     "KeyState",
     "KeyUpdate",
@@ -73,10 +74,15 @@ class KeyBase(SQLModel):
     _labels = field_validator("name", "group")(_printable)
 
 
+RESERVE_MAX = 0.9  # a key must leave something to use
+
+
 class KeyCreate(KeyBase):
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
     secret: SecretStr = Field(min_length=1, max_length=SECRET_MAX)
+    # Fraction of a subscription window to leave unused (an account shared with people).
+    reserve: float = Field(default=0.0, ge=0, le=RESERVE_MAX)
 
     @field_validator("secret")
     @classmethod
@@ -96,12 +102,13 @@ class KeyUpdate(SQLModel):
     enabled: bool | None = None
     group: str | None = Field(default=None, max_length=NAME_MAX)  # None clears the group
     secret: SecretStr | None = Field(default=None, min_length=1, max_length=SECRET_MAX)
+    reserve: float | None = Field(default=None, ge=0, le=RESERVE_MAX)
 
     _labels = field_validator("name", "group")(_printable)
 
     @model_validator(mode="after")
     def _no_null_for_required(self) -> KeyUpdate:
-        for name in ("name", "priority", "max_concurrency", "enabled", "secret"):
+        for name in ("name", "priority", "max_concurrency", "enabled", "secret", "reserve"):
             if name in self.model_fields_set and getattr(self, name) is None:
                 raise ValueError(f"{name} cannot be null")
         return self
@@ -121,7 +128,7 @@ class Key(KeyBase, table=True):
     unreset_limit_at: datetime | None = _utc_column()  # last limit that named no reset
     cooling_until: datetime | None = _utc_column()
     cooling_reason: str | None = None
-    utilization: float | None = None
+    reserve: float = 0.0  # see KeyCreate
     # Usage of slots that no longer exist; live usage is counted on the slots (see LeaseSlot).
     last_used_at: datetime | None = _utc_column()
     uses: int = 0
@@ -167,6 +174,33 @@ class LeaseSlot(SQLModel, table=True):
     expires_at: datetime | None = _utc_column()
     uses: int = 0
     last_acquired_at: datetime | None = _utc_column()
+    # The request size the holder announced (input tokens): counted against the key's token
+    # buckets until a response observed after this lease was taken accounts for it.
+    reserved_tokens: int = 0
+    # How long this slot's leases are usually held (seconds, a moving average): when a busy key
+    # is expected to have a slot again.
+    hold_s: float | None = None
+
+
+class KeyLimit(SQLModel, table=True):
+    """What the provider last said about one of a key's limit buckets (requests, tokens,
+    input-tokens, output-tokens for API keys; unified-5h, unified-7d, ... for subscriptions).
+    Nothing here is trusted past `reset_at`: after it the bucket is full again."""
+
+    __tablename__ = "key_limits"
+
+    key_id: int = Field(
+        sa_column=Column(
+            Integer, SAForeignKey("keys.id", ondelete="CASCADE"), primary_key=True, nullable=False
+        )
+    )
+    bucket: str = Field(sa_type=String(32), primary_key=True)
+    limit: float | None = None
+    remaining: float | None = None
+    utilization: float | None = None
+    reset_at: datetime = Field(sa_type=UTCDateTime)
+    observed_at: datetime = Field(sa_type=UTCDateTime)
+    rejected: bool = False
 
 
 class AuditEvent(SQLModel, table=True):

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
 
 from keystore import audit as audit_log
-from keystore import checkpoints, cooling, keys, leases, rekey, views, waits
+from keystore import candidates, checkpoints, cooling, keys, leases, limits, rekey, views, waits
 from keystore.clock import Clock, utcnow
 from keystore.config import RotationConfig, load_config, save_config, updated_config
 from keystore.crypto import MasterKey
@@ -34,9 +34,12 @@ from keystore.keepalive import KeepAlive
 from keystore.lease import Lease
 from keystore.migrate import migrate_env_tokens
 from keystore.models import KEY_ID_MAX, PROVIDERS, AuditEventPublic, KeyCreate, KeyPublic, KeyUpdate
-from keystore.ratelimits.signal import RateLimitSignal
+from keystore.ratelimits import RateLimitSignal, parse_rate_limit
+from keystore.ratelimits.body import BodyLike
+from keystore.ratelimits.headers import HeadersLike
+from keystore.ratelimits.readings import read_limits
 from keystore.settings import Settings
-from keystore.views import Explanation, PoolStatus
+from keystore.views import BucketPublic, Explanation, PoolStatus
 
 __all__ = ["Keystore", "open_keystore"]
 
@@ -110,9 +113,13 @@ class Keystore:
         max_concurrency: int = 1,
         enabled: bool = True,
         group: str | None = None,
+        reserve: float = 0.0,
     ) -> KeyPublic:
+        """`reserve`: the share of a subscription window to leave unused (an account shared with
+        people), 0 to 0.9."""
         fields = {"name": name, "provider": provider, "secret": secret, "priority": priority}
         fields |= {"max_concurrency": max_concurrency, "enabled": enabled, "group": group}
+        fields |= {"reserve": reserve}
         try:
             create = KeyCreate.model_validate(fields)
         except ValidationError as exc:
@@ -171,11 +178,17 @@ class Keystore:
         holder: str,
         ttl_s: float | None = None,
         prefer_key: int | None = None,
+        input_tokens: int | None = None,
     ) -> Lease:
         """Lease the best eligible key, or raise NoKeyAvailable(retry_at, reason).
 
         `prefer_key`: the key this holder used last; it is taken whenever it can serve (affinity:
-        prompt caches are per organisation), otherwise the usual order applies."""
+        prompt caches are per organisation), otherwise the usual order applies. `input_tokens`:
+        the request's estimated size; a key whose token buckets cannot hold it is passed over,
+        and it is counted against the key until a response read after this lease accounts for
+        it (see limits.py)."""
+        if input_tokens is not None and input_tokens < 0:
+            raise InvalidInput("input_tokens: must not be negative")
         _check_provider(provider)
         config = self._recent_config()
         ttl = config.lease_ttl_s if ttl_s is None else ttl_s
@@ -193,15 +206,20 @@ class Keystore:
                     ttl_s=ttl,
                     threshold=threshold,
                     prefer=prefer_key,
+                    input_tokens=input_tokens,
                 )
             )
             if got is None:
                 found = self._read(
                     functools.partial(
-                        leases.candidates, provider=provider, now=now, threshold=threshold
+                        candidates.candidates,
+                        provider=provider,
+                        now=now,
+                        threshold=threshold,
+                        input_tokens=input_tokens,
                     )
                 )
-                error = leases.exhausted(found, provider=provider, now=now)
+                error = candidates.exhausted(found, provider=provider, now=now)
                 if error is not None:
                     raise error
                 continue  # PostgreSQL skipped slots other transactions were taking
@@ -255,8 +273,10 @@ class Keystore:
     def release(self, lease: Lease) -> bool:
         """Free the lease's slot. False when it had already expired and been reclaimed."""
         # Not durable: a release lost in a crash leaves the slot held until the lease expires.
+        held_s = max(0.0, (self._clock() - lease.acquired_at).total_seconds())
         released = self.db.statement(
-            lambda conn: leases.release_lease(conn, lease_id=lease.id), durable=False
+            lambda conn: leases.release_lease(conn, lease_id=lease.id, held_s=held_s),
+            durable=False,
         )
         if released.surplus_slot is not None:  # max_concurrency was lowered while it was out
             key_id, slot_id = released.surplus_slot
@@ -308,23 +328,71 @@ class Keystore:
             )
         )
 
-    def record_utilization(self, key_id: int, utilization: float) -> None:
+    def record_response(
+        self,
+        key_id: int,
+        *,
+        provider: str,
+        status: int,
+        headers: HeadersLike,
+        body: BodyLike = None,
+        received_at: datetime | None = None,
+        run_id: str | None = None,
+    ) -> RateLimitSignal | None:
+        """What a provider said in one response on `key_id`, success or refusal: the one entry
+        point for limit state. Stores every bucket the headers report (remaining, limit, reset;
+        subscription windows' utilization), so acquisition stops leasing a key whose bucket is
+        spent before its reset; on a refusal also cools the key (and its group) as mark_limited
+        does. Returns the refusal's signal, or None for a response that is not a limit."""
         _check_key_id(key_id)
-        self._write(lambda w: cooling.record_utilization(w.conn, key_id, utilization, now=w.now))
+        if provider not in (*PROVIDERS, "gemini"):
+            _check_provider(provider)
+        received = received_at or self._clock()
+        signal = parse_rate_limit(
+            provider, status=status, headers=headers, body=body, received_at=received
+        )
+        readings = read_limits(provider, headers=headers, received_at=received)
+        cooldown = self._recent_config().no_reset_cooldown_s
+
+        def body_(w: audit_log.AuditWriter) -> None:
+            limits.record_readings(w.conn, key_id, readings, observed_at=received)
+            if signal is not None and signal.cools_key:
+                cooling.mark_limited(
+                    w.conn, key_id, signal, audit=w, no_reset_cooldown_s=cooldown, run_id=run_id
+                )
+
+        self._write(body_)
+        return signal
 
     def earliest_reset(self, provider: str) -> datetime | None:
         _check_provider(provider)
         return self._read(lambda conn: cooling.earliest_reset(conn, provider, now=self._clock()))
 
-    def explain(self, provider: str, *, prefer_key: int | None = None) -> Explanation:
-        """Per key, whether it is eligible now and why; `chosen` is the key acquire would take
-        (for a holder whose last key was `prefer_key`)."""
+    def explain(
+        self, provider: str, *, prefer_key: int | None = None, input_tokens: int | None = None
+    ) -> Explanation:
+        """Per key, whether it is eligible now and why (with what its buckets have left); `chosen`
+        is the key acquire would take for a holder whose last key was `prefer_key` and a request
+        of `input_tokens`."""
         _check_provider(provider)
         threshold = self._recent_config().proactive_threshold
         return self._read(
             lambda conn: views.explain(
-                conn, provider=provider, now=self._clock(), threshold=threshold, prefer=prefer_key
+                conn,
+                provider=provider,
+                now=self._clock(),
+                threshold=threshold,
+                prefer=prefer_key,
+                input_tokens=input_tokens,
             )
+        )
+
+    def limits(self, provider: str | None = None) -> list[BucketPublic]:
+        """What each key's provider last said about its limit buckets, while it holds."""
+        if provider is not None:
+            _check_provider(provider)
+        return self._read(
+            lambda conn: views.bucket_views(conn, now=self._clock(), provider=provider)
         )
 
     def status(self) -> PoolStatus:

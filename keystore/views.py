@@ -6,12 +6,22 @@ from __future__ import annotations
 from datetime import datetime
 
 from pydantic import BaseModel
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
-from keystore import cooling, keys, leases
+from keystore import candidates, cooling, keys, limits
+from keystore.keys import keys_t
 from keystore.models import PROVIDERS, KeyPublic
 
-__all__ = ["CandidatePublic", "Explanation", "PoolStatus", "ProviderStatus", "explain", "status"]
+__all__ = [
+    "BucketPublic",
+    "CandidatePublic",
+    "Explanation",
+    "PoolStatus",
+    "ProviderStatus",
+    "bucket_views",
+    "explain",
+    "status",
+]
 
 
 class ProviderStatus(BaseModel):
@@ -26,6 +36,22 @@ class ProviderStatus(BaseModel):
 class PoolStatus(BaseModel):
     providers: dict[str, ProviderStatus]
     keys: list[KeyPublic]
+
+
+class BucketPublic(BaseModel):
+    """What a key's provider last said about one of its limits (until `reset_at`), and the
+    leases taken since that reading (not yet counted in `remaining`)."""
+
+    key_id: int
+    bucket: str
+    limit: float | None
+    remaining: float | None
+    utilization: float | None
+    reset_at: datetime
+    observed_at: datetime
+    rejected: bool
+    leases_since: int
+    tokens_since: int
 
 
 class CandidatePublic(BaseModel):
@@ -60,10 +86,35 @@ def status(conn: Connection, *, now: datetime) -> PoolStatus:
 
 
 def explain(
-    conn: Connection, *, provider: str, now: datetime, threshold: float, prefer: int | None = None
+    conn: Connection,
+    *,
+    provider: str,
+    now: datetime,
+    threshold: float,
+    prefer: int | None = None,
+    input_tokens: int | None = None,
 ) -> Explanation:
-    found = leases.candidates(conn, provider=provider, now=now, threshold=threshold, prefer=prefer)
+    found = candidates.candidates(
+        conn,
+        provider=provider,
+        now=now,
+        threshold=threshold,
+        prefer=prefer,
+        input_tokens=input_tokens,
+    )
     return Explanation(
         chosen=next((c.id for c in found if c.eligible), None),
         candidates=[CandidatePublic(id=c.id, eligible=c.eligible, reason=c.reason) for c in found],
     )
+
+
+def bucket_views(conn: Connection, *, now: datetime, provider: str | None) -> list[BucketPublic]:
+    """Every bucket whose reset is still ahead, of every key (or one provider's)."""
+    query = select(keys_t.c.id)
+    if provider is not None:
+        query = query.where(keys_t.c.provider == provider)
+    ids = list(conn.execute(query).scalars())
+    return [
+        BucketPublic.model_validate(bucket, from_attributes=True)
+        for bucket in limits.limits_of(conn, now=now, key_ids=ids)
+    ]

@@ -121,11 +121,14 @@ def test_named_resets_are_taken_as_given(ks: Keystore) -> None:
     assert ks.get_key(keys[0]).cooling_until == T0 + timedelta(hours=5)
 
 
-def test_utilization_and_missing_key(ks: Keystore) -> None:
+def test_utilization_is_capped_and_a_missing_key_is_not_found(ks: Keystore) -> None:
     k = _add(ks, "k")
-    ks.mark_limited(k, _signal("usage_limit", after_s=60, utilization=1.0))
-    assert ks.get_key(k).utilization == 1.0
-    ks.record_utilization(k, 1.7)
+    reset = str(int((T0 + timedelta(hours=5)).timestamp()))
+    headers = {
+        "anthropic-ratelimit-unified-5h-utilization": "1.7",  # a window can be overrun
+        "anthropic-ratelimit-unified-5h-reset": reset,
+    }
+    ks.record_response(k, provider="claude-code", status=200, headers=headers)
     assert ks.get_key(k).utilization == 1.0
     with pytest.raises(KeyNotFound):
         ks.mark_limited(999, _signal())

@@ -41,7 +41,12 @@ def test_priority_then_least_recently_used_then_id(ks: Keystore, clock: ManualCl
 def test_keys_over_proactive_threshold_go_last(ks: Keystore) -> None:
     hot = _add(ks, "hot", priority=1)
     cool = _add(ks, "cool", priority=1)
-    ks.record_utilization(hot, 0.97)
+    headers = {
+        "anthropic-ratelimit-requests-limit": "100",
+        "anthropic-ratelimit-requests-remaining": "3",
+        "anthropic-ratelimit-requests-reset": "2026-01-01T00:01:00Z",
+    }
+    ks.record_response(hot, provider="anthropic", status=200, headers=headers)
     assert ks.explain("anthropic").chosen == cool
     first = ks.acquire(provider="anthropic", holder="t")
     second = ks.acquire(provider="anthropic", holder="t")

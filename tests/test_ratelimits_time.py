@@ -170,6 +170,17 @@ def test_unusable_date_header_leaves_absolute_values_alone(date: str) -> None:
     assert anthropic_429(headers) == ("rate_limit", at(0, 1), "retry-after")
 
 
+def test_a_date_header_truncated_to_the_second_is_not_a_skew() -> None:
+    """A server in step with us sends `Date` without the fraction: 00:00:00 when it is 00:00:00.9
+    for both of us. Its resets are already on our clock and must not move 0.9 s later."""
+    received = NOW + timedelta(seconds=0.9)
+    clock = ResponseClock.from_date_header(
+        received_at=received, date="Thu, 01 Jan 2026 00:00:00 GMT"
+    )
+    assert clock.skew == timedelta(0)
+    assert clock.at(at(0, 0, 45)) == at(0, 0, 45)
+
+
 def test_clock_skew_is_received_minus_date() -> None:
     clock = ResponseClock.from_date_header(received_at=NOW, date=SERVER_30S_BEHIND)
     assert clock.skew == timedelta(seconds=30)

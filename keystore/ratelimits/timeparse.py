@@ -11,6 +11,9 @@ The rules (RATE_LIMITS.md, "Time rules"), and the choices made where the spec al
 - Anything further than `MAX_HORIZON` away is junk and counts as absent: a garbled header must not
   bench a key for years, and "absent" means a short probe cooldown.
 - A `Date` header more than `MAX_SKEW` off our clock is not trusted (no correction is made).
+- A `Date` header within `DATE_PRECISION` of our clock is not a skew at all: it has whole seconds
+  only, so a server in step with us looks up to a second behind (plus the response's travel
+  time); correcting for that would push every absolute reset up to a second late.
 
 Every parser here returns None for junk and never raises.
 """
@@ -26,6 +29,7 @@ from email.utils import parsedate_to_datetime
 # The longest real window is a calendar month (spend caps); a year and a bit leaves room for that.
 MAX_HORIZON = timedelta(days=400)
 MAX_SKEW = timedelta(days=1)
+DATE_PRECISION = timedelta(seconds=1.5)  # whole seconds, and the response's travel time
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _HORIZON_US = Decimal(int(MAX_HORIZON.total_seconds()) * 1_000_000)
@@ -174,7 +178,7 @@ class ResponseClock:
         if server_now is None:
             return cls(received_at=received_at)
         skew = received_at - server_now
-        if abs(skew) > MAX_SKEW:
+        if abs(skew) > MAX_SKEW or abs(skew) < DATE_PRECISION:
             return cls(received_at=received_at)
         return cls(received_at=received_at, skew=skew)
 
