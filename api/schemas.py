@@ -26,7 +26,14 @@ from pydantic import (
 )
 
 from keystore import RotationConfig
-from keystore.models import MAX_CONCURRENCY_CAP, NAME_MAX, PRINTABLE_PATTERN, SECRET_MAX, Provider
+from keystore.models import (
+    MAX_CONCURRENCY_CAP,
+    NAME_MAX,
+    PRINTABLE_PATTERN,
+    RESERVE_MAX,
+    SECRET_MAX,
+    Provider,
+)
 from keystore.models import PRIORITY_MAX as PRIORITY_BOUND
 
 __all__ = ["Health", "KeyCreateRequest", "KeyUpdateRequest", "RotationConfigUpdate"]
@@ -59,6 +66,14 @@ Priority = Annotated[
     BeforeValidator(_integral),
 ]
 MaxConcurrency = Annotated[int, Field(ge=1, le=MAX_CONCURRENCY_CAP), BeforeValidator(_integral)]
+Reserve = Annotated[
+    float,
+    Field(
+        ge=0,
+        le=RESERVE_MAX,
+        description="share of a subscription window to leave unused (an account shared)",
+    ),
+]
 Secret = Annotated[
     SecretStr,
     Field(
@@ -96,6 +111,7 @@ class KeyCreateRequest(BaseModel):
     max_concurrency: MaxConcurrency = 1
     enabled: bool = True
     group: Group | None = None
+    reserve: Reserve = 0.0
 
     _secret_rule = field_validator("secret")(_check_secret)
 
@@ -111,6 +127,7 @@ class KeyUpdateRequest(BaseModel):
     enabled: bool = None  # type: ignore[assignment]
     group: Group | None = Field(None, description="null clears the group")
     secret: Secret = None  # type: ignore[assignment]
+    reserve: Reserve = None  # type: ignore[assignment]
 
     _secret_rule = field_validator("secret")(_check_secret)
 

@@ -68,6 +68,16 @@ class RunCheckpoint(BaseModel):
     def turns_done(self) -> int:
         return len(self.turns)
 
+    def input_tokens(self, agent: str, prompt: str) -> int:
+        """The next request's estimated size: what the conversation cost last time on this
+        agent (it is resent whole), plus the new prompt at ~4 characters a token."""
+        previous = [
+            t.usage.get("input_tokens", 0) + t.usage.get("output_tokens", 0)
+            for t in self.turns
+            if t.agent == agent
+        ]
+        return (previous[-1] if previous else 0) + len(prompt) // 4 + 1
+
     def progress_of(self, turn: int) -> TurnProgress:
         if self.progress is not None and self.progress.turn == turn:
             return self.progress

@@ -58,14 +58,21 @@ async def leased_key(
     ttl_s: float | None = None,
     store: Keystore | None = None,
     prefer_key: int | None = None,
+    input_tokens: int | None = None,
 ) -> AsyncIterator[Lease]:
     """Raises keystore.NoKeyAvailable when no key can be leased now, and LeaseLost when the
     block had to be cancelled because its lease could not be kept. `prefer_key`: the key this
-    holder used last (kept while it can serve)."""
+    holder used last (kept while it can serve); `input_tokens`: the request's estimated size
+    (a key whose token buckets cannot hold it is passed over)."""
     store = store or flow_keystore()
     ttl = ttl_s if ttl_s is not None else (await in_thread(store.config)).lease_ttl_s
     lease = await in_thread(
-        store.acquire, provider=provider, holder=holder, ttl_s=ttl, prefer_key=prefer_key
+        store.acquire,
+        provider=provider,
+        holder=holder,
+        ttl_s=ttl,
+        prefer_key=prefer_key,
+        input_tokens=input_tokens,
     )
     error: Exception | None = None
     held = anyio.CancelScope()

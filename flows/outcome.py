@@ -231,8 +231,8 @@ def _limited(
         return backoff(
             "transient", f"key {key}: provider overloaded ({signal.source})", at_least_s=named
         )
-    until = marked.cooling_until if marked is not None else None
-    when = until.isoformat(timespec="seconds") if until else "unknown"
+    until = marked.cooling_until if marked is not None else signal.resets_at
+    when = until.isoformat(timespec="seconds") if until else "a probe cooldown"
     return Rotate(key, f"key {key}: {signal.kind} until {when} ({signal.source})")
 
 

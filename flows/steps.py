@@ -37,6 +37,7 @@ from flows.outcome import (
     WaitInline,
     decide,
 )
+from flows.responses import ResponseRecorder
 from flows.runtime import flow_keystore
 from keystore import (
     Keystore,
@@ -80,24 +81,30 @@ async def _call(
     prompt: str,
     model: str | None,
     checkpoint: dict[str, Any] | None,
+    recorder: ResponseRecorder,
 ) -> TurnResult | RateLimitSignal | ExecutorError:
     try:
-        return await executor.run_turn(lease, prompt=prompt, model=model, checkpoint=checkpoint)
+        outcome = await executor.run_turn(
+            lease, prompt=prompt, model=model, checkpoint=checkpoint, report=recorder
+        )
     except ExecutorError as failed:
         return failed
+    if isinstance(outcome, RateLimitSignal) and recorder.refusal is not None:
+        return recorder.refusal  # what the provider's own response said, reset included
+    return outcome
 
 
 async def _tell_keystore(
-    store: Keystore, lease: Lease, event: Event, *, run_id: str
+    store: Keystore, lease: Lease, event: Event, *, run_id: str, recorder: ResponseRecorder
 ) -> Marked | None:
-    """What the provider said about the key goes into the keystore before anything else."""
-    if isinstance(event, RateLimitSignal) and event.cools_key:
+    """What the provider said goes into the keystore before the lease is released. Responses are
+    recorded as they arrive (ResponseRecorder); what remains: a limit only the agent's own output
+    told of, and a key the provider rejected."""
+    if isinstance(event, RateLimitSignal) and event.cools_key and recorder.refusal is None:
         return await in_thread(store.mark_limited, lease.key_id, event, run_id=run_id)
     if isinstance(event, KeyRejected):
         reason = f"rejected by the provider: {event.message}"
         await in_thread(store.mark_unusable, lease.key_id, reason, run_id=run_id)
-    if isinstance(event, TurnResult) and event.utilization is not None:
-        await in_thread(store.record_utilization, lease.key_id, event.utilization)
     return None
 
 
@@ -132,8 +139,13 @@ async def agent_turn(
     marked: Marked | None = None
     event: Event
     try:
-        prefer = checkpoint.last_keys.get(agent)
-        async with leased_key(agent, holder=holder, store=store, prefer_key=prefer) as lease:
+        async with leased_key(
+            agent,
+            holder=holder,
+            store=store,
+            prefer_key=checkpoint.last_keys.get(agent),
+            input_tokens=checkpoint.input_tokens(agent, send),
+        ) as lease:
             key_id = lease.key_id
             if progress.refused_key not in (None, key_id):
                 await in_thread(
@@ -144,8 +156,11 @@ async def agent_turn(
                     from_key=progress.refused_key,
                     turn=turn,
                 )
-            event = await _call(executor, lease, prompt=send, model=model, checkpoint=state)
-            marked = await _tell_keystore(store, lease, event, run_id=run_id)
+            recorder = ResponseRecorder(store, key_id=key_id, provider=agent, run_id=run_id)
+            event = await _call(
+                executor, lease, prompt=send, model=model, checkpoint=state, recorder=recorder
+            )
+            marked = await _tell_keystore(store, lease, event, run_id=run_id, recorder=recorder)
             if isinstance(event, TurnResult):  # checkpoint first, then release
                 record = TurnRecord(
                     turn=turn,

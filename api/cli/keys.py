@@ -1,4 +1,4 @@
-"""`keyrelay keys ...`: add, list, status, update, rm, reset, explain, migrate."""
+"""`keyrelay keys ...`: add, list, status, update, rm, reset, explain, limits, migrate."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from api.cli.store import open_store, read_secret
 
 app = typer.Typer(help="Add, list, change and remove provider keys.", no_args_is_help=True)
 
+_RESERVE_HELP = "Share of a subscription window to leave unused (0 to 0.9)."
 KeyIdArg = Annotated[
     int, typer.Argument(metavar="ID", help="The key's id (see `keyrelay keys list`).")
 ]
@@ -25,6 +26,7 @@ def add_key(
     max_concurrency: Annotated[int, typer.Option(help="Leases the key may hold at once.")] = 1,
     group: Annotated[str | None, typer.Option(help="Keys of one org/project share limits.")] = None,
     disabled: Annotated[bool, typer.Option("--disabled", help="Add it disabled.")] = False,
+    reserve: Annotated[float, typer.Option(help=_RESERVE_HELP)] = 0.0,
     json_output: JsonFlag = False,
 ) -> None:
     """Add a key. The secret is read from stdin when piped, else from a hidden prompt."""
@@ -37,6 +39,7 @@ def add_key(
         max_concurrency=max_concurrency,
         enabled=not disabled,
         group=group,
+        reserve=reserve,
     )
     print_key(key, as_json=json_output, verb="added")
 
@@ -78,6 +81,7 @@ def update_key(
         bool | None, typer.Option("--enable/--disable", help="Enable or disable the key.")
     ] = None,
     group: Annotated[str | None, typer.Option(help="New group ('' clears it).")] = None,
+    reserve: Annotated[float | None, typer.Option(help=_RESERVE_HELP)] = None,
     secret_from_stdin: Annotated[
         bool,
         typer.Option("--secret-from-stdin", help="Replace the secret (stdin, or a hidden prompt)."),
@@ -95,6 +99,7 @@ def update_key(
             ("priority", priority),
             ("max_concurrency", max_concurrency),
             ("enabled", enabled),
+            ("reserve", reserve),
         )
         if value is not None
     }
@@ -127,10 +132,14 @@ def reset_key(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
 @app.command("explain")
 def explain(
     provider: Annotated[str, typer.Argument(help="claude-code, anthropic or openai.")],
+    input_tokens: Annotated[
+        int | None, typer.Option(min=0, help="For a request of this many input tokens.")
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """Which key the next lease would take, and why each other key would not be taken."""
-    explanation = open_store().explain(provider)
+    """Which key the next lease would take, and why each other key would not be taken (with
+    what each key's limit buckets have left)."""
+    explanation = open_store().explain(provider, input_tokens=input_tokens)
     if json_output:
         emit_json(explanation)
         return
@@ -141,6 +150,32 @@ def explain(
     for candidate in explanation.candidates:
         table.add_row(str(candidate.id), "yes" if candidate.eligible else "no", candidate.reason)
     console.print(table)
+
+
+@app.command("limits")
+def key_limits(
+    provider: Annotated[str | None, typer.Option(help="Only this provider's keys.")] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """What each key's provider last said about its limits, until each bucket resets."""
+    buckets = open_store().limits(provider)
+    if json_output:
+        emit_json(buckets)
+        return
+    table = Table(title="limits the providers reported")
+    for column in ("key", "bucket", "remaining", "limit", "used", "in flight", "resets"):
+        table.add_column(column, justify="left" if column in ("bucket", "resets") else "right")
+    for b in buckets:
+        table.add_row(
+            str(b.key_id),
+            b.bucket + (" (rejected)" if b.rejected else ""),
+            "-" if b.remaining is None else f"{b.remaining:g}",
+            "-" if b.limit is None else f"{b.limit:g}",
+            "-" if b.utilization is None else f"{b.utilization:.0%}",
+            str(b.leases_since),
+            when(b.reset_at),
+        )
+    console.print(table if buckets else "no provider has reported a limit yet")
 
 
 @app.command("migrate")

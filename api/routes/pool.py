@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from api.deps import KeystoreDep
 from api.errors import error_responses
-from keystore import Explanation, PoolStatus, Provider
+from keystore import BucketPublic, Explanation, PoolStatus, Provider
 
 router = APIRouter(prefix="/keys")
 
@@ -25,7 +25,21 @@ def pool_status(ks: KeystoreDep) -> PoolStatus:
 def explain_selection(
     ks: KeystoreDep,
     provider: Annotated[Provider, Query(description="the provider whose keys to explain")],
+    input_tokens: Annotated[
+        int | None, Query(ge=0, le=10_000_000, description="the request's estimated input tokens")
+    ] = None,
 ) -> Explanation:
-    """Per key of `provider`, whether a lease could take it now and why not; `chosen` is the key
-    the next lease would take (null when none is eligible)."""
-    return ks.explain(provider)
+    """Per key of `provider`, whether a lease could take it now and why not (with what its limit
+    buckets have left); `chosen` is the key the next lease would take (null when none is
+    eligible) for a request of `input_tokens`."""
+    return ks.explain(provider, input_tokens=input_tokens)
+
+
+@router.get("/limits", response_model=list[BucketPublic], responses=error_responses(422))
+def key_limits(
+    ks: KeystoreDep,
+    provider: Annotated[Provider | None, Query(description="only this provider's keys")] = None,
+) -> list[BucketPublic]:
+    """What each key's provider last said about its limits (requests, tokens, input and output
+    tokens; subscription windows' utilization), while it holds: until each bucket's reset."""
+    return ks.limits(provider)

@@ -19,12 +19,10 @@ import anthropic
 import anyio
 from anthropic.types import Message, MessageParam
 
-from flows.executors.errors import ExecutorError
-from flows.executors.http_base import HttpExecutor
+from flows.executors.http_base import Failed, HttpExecutor
 from flows.executors.redact import Redactor
 from keystore.clock import Clock, utcnow
 from keystore.lease import Lease
-from keystore.ratelimits import RateLimitSignal
 
 __all__ = ["DEFAULT_ANTHROPIC_MODEL", "AnthropicExecutor"]
 
@@ -81,7 +79,7 @@ class AnthropicExecutor(HttpExecutor):
         messages: list[dict[str, Any]],
         lease: Lease,
         redactor: Redactor,
-    ) -> _Reply | RateLimitSignal | ExecutorError:
+    ) -> _Reply | Failed:
         params = cast(Iterable[MessageParam], messages)
         system: str | anthropic.Omit = self.system if self.system is not None else anthropic.omit
         async with anthropic.AsyncAnthropic(

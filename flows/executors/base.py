@@ -1,7 +1,8 @@
 """The executor contract: one turn of a conversation on one leased key, and nothing more.
 
     executor = executor_for("anthropic", max_tokens=1024)
-    outcome = await executor.run_turn(lease, prompt="...", model=None, checkpoint=previous)
+    outcome = await executor.run_turn(lease, prompt="...", model=None, checkpoint=previous,
+                                      report=record)
     if isinstance(outcome, RateLimitSignal): ...   # the flow marks the key and rotates/defers
     else: save(outcome.checkpoint)                  # the next turn starts from here
 
@@ -10,20 +11,48 @@ retries, waits or rotates by itself: every limit comes back as the `RateLimitSig
 keystore's parsers read from the response; other failures raise an `ExecutorError`
 (errors.py). A turn never changes the checkpoint it was given, so a turn that failed can be run
 again from the same checkpoint, on another key, process or machine.
+
+`report`, when given, hears every HTTP response the turn got from the provider, success or
+refusal, as it arrives (status, headers, and the body of an error): the flow hands it to
+`Keystore.record_response`, so the keystore learns each key's buckets from every answer.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from keystore.errors import InvalidInput
 from keystore.lease import Lease
 from keystore.ratelimits import RateLimitSignal
 
-__all__ = ["AGENTS", "Executor", "TurnOutcome", "TurnResult", "check_prompt", "executor_for"]
+__all__ = [
+    "AGENTS",
+    "Executor",
+    "ProviderResponse",
+    "Report",
+    "TurnOutcome",
+    "TurnResult",
+    "check_prompt",
+    "executor_for",
+]
+
+
+@dataclass(frozen=True)
+class ProviderResponse:
+    """One HTTP answer of the provider, as much as the keystore needs to learn from it."""
+
+    status: int
+    headers: Mapping[str, str] = field(repr=False)
+    received_at: datetime
+    body: bytes | str | dict[str, Any] | None = field(default=None, repr=False)
+
+
+Report = Callable[[ProviderResponse], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -49,6 +78,7 @@ class Executor(Protocol):
         prompt: str,
         model: str | None,
         checkpoint: dict[str, Any] | None,
+        report: Report | None = None,
     ) -> TurnOutcome: ...
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from flows.executors.base import TurnOutcome, TurnResult, check_prompt
+from flows.executors.base import Report, TurnOutcome, TurnResult, check_prompt
 from flows.executors.claude_bin import ensure_claude_bin
 from flows.executors.cli_output import turn_failure, turn_usage, turn_utilization
 from flows.executors.cli_process import CliOutput, run_cli
@@ -127,6 +127,7 @@ class ClaudeCodeExecutor:
         prompt: str,
         model: str | None,
         checkpoint: dict[str, Any] | None,
+        report: Report | None = None,
     ) -> TurnOutcome:
         check_prompt(prompt)
         session = Session.from_checkpoint(checkpoint) if checkpoint is not None else None

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from flows.executors.base import TurnOutcome, TurnResult, check_prompt
+from flows.executors.base import ProviderResponse, Report, TurnOutcome, TurnResult, check_prompt
 from flows.executors.conversation import conversation_from, extended
 from flows.executors.errors import ExecutorError
 from flows.executors.http_failures import connection_failure, error_body, status_failure
@@ -18,7 +19,16 @@ from keystore.errors import InvalidInput
 from keystore.lease import Lease
 from keystore.ratelimits import RateLimitSignal, parse_utilization
 
-__all__ = ["HttpExecutor"]
+__all__ = ["Failed", "HttpExecutor"]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A call that did not produce a reply: what to return or raise, and the provider's answer
+    when there was one (a refused request; none for a connection that failed)."""
+
+    outcome: RateLimitSignal | ExecutorError
+    response: ProviderResponse | None
 
 
 class HttpExecutor(ABC):
@@ -59,6 +69,7 @@ class HttpExecutor(ABC):
         prompt: str,
         model: str | None,
         checkpoint: dict[str, Any] | None,
+        report: Report | None = None,
     ) -> TurnOutcome:
         check_prompt(prompt)
         history = conversation_from(checkpoint)
@@ -71,10 +82,14 @@ class HttpExecutor(ABC):
             lease=lease,
             redactor=redactor,
         )
-        if isinstance(outcome, ExecutorError):
-            raise outcome  # outside `except`: the SDK exception (and its request) stays behind
-        if isinstance(outcome, RateLimitSignal):
-            return outcome
+        if isinstance(outcome, Failed):
+            if outcome.response is not None and report is not None:
+                await report(outcome.response)
+            if isinstance(outcome.outcome, ExecutorError):
+                raise outcome.outcome  # outside `except`: the SDK exception stays behind
+            return outcome.outcome
+        if report is not None:
+            await report(ProviderResponse(200, dict(outcome.headers), self._clock()))
         text = redactor.text(self._reply_text(outcome))
         return TurnResult(
             text=text,
@@ -93,43 +108,50 @@ class HttpExecutor(ABC):
         lease: Lease,
         redactor: Redactor,
     ) -> Any:
-        """The SDK call: a reply (with `.headers`), a RateLimitSignal or an ExecutorError."""
+        """The SDK call: a reply (with `.headers`), or how it `Failed`."""
 
-    def _failure(
-        self, exc: BaseException, *, lease: Lease, redactor: Redactor
-    ) -> RateLimitSignal | ExecutorError:
+    def _failure(self, exc: BaseException, *, lease: Lease, redactor: Redactor) -> Failed:
         """Map an SDK exception (both SDKs share the shape: APIStatusError with status, response,
         body and request_id; APIConnectionError; APITimeoutError) or our own deadline."""
         if isinstance(exc, TimeoutError):
-            return connection_failure(
+            timed_out = connection_failure(
                 self.agent,
                 timed_out=True,
                 key_id=lease.key_id,
                 detail=f"no complete answer within {self.timeout_s:g} s",
                 redactor=redactor,
             )
+            return Failed(timed_out, None)
         response = getattr(exc, "response", None)
         status = getattr(exc, "status_code", None)
         if response is not None and status is not None:
-            return status_failure(
+            received_at = self._clock()
+            body = error_body(status=status, response=response, parsed=getattr(exc, "body", None))
+            answer = ProviderResponse(
+                status=status,
+                headers=dict(response.headers),
+                received_at=received_at,
+                body=body if isinstance(body, bytes | str | dict) else None,
+            )
+            refused = status_failure(
                 self.agent,
                 status=status,
-                headers=response.headers,
-                body=error_body(
-                    status=status, response=response, parsed=getattr(exc, "body", None)
-                ),
-                received_at=self._clock(),
+                headers=answer.headers,
+                body=body,
+                received_at=received_at,
                 key_id=lease.key_id,
                 request_id=getattr(exc, "request_id", None),
                 redactor=redactor,
             )
-        return connection_failure(
+            return Failed(refused, answer)
+        unreachable = connection_failure(
             self.agent,
             timed_out="Timeout" in type(exc).__name__,
             detail=str(exc),
             key_id=lease.key_id,
             redactor=redactor,
         )
+        return Failed(unreachable, None)
 
     @abstractmethod
     def _reply_text(self, reply: Any) -> str: ...

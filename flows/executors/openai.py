@@ -17,12 +17,10 @@ import anyio
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
-from flows.executors.errors import ExecutorError
-from flows.executors.http_base import HttpExecutor
+from flows.executors.http_base import Failed, HttpExecutor
 from flows.executors.redact import Redactor
 from keystore.clock import Clock, utcnow
 from keystore.lease import Lease
-from keystore.ratelimits import RateLimitSignal
 
 __all__ = ["DEFAULT_OPENAI_MODEL", "OpenAIExecutor"]
 
@@ -83,7 +81,7 @@ class OpenAIExecutor(HttpExecutor):
         messages: list[dict[str, Any]],
         lease: Lease,
         redactor: Redactor,
-    ) -> _Reply | RateLimitSignal | ExecutorError:
+    ) -> _Reply | Failed:
         params = cast(Iterable[ChatCompletionMessageParam], messages)
         max_tokens: int | openai.Omit = (
             self.max_tokens if self.max_tokens is not None else openai.omit

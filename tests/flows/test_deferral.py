@@ -72,7 +72,8 @@ async def test_spent_pool_defers_then_resumes_at_the_reset(
     )
     deferred = await _wait_for(run.id, _deferred, 60, "never deferred")
 
-    # turn 1 on a, turn 2 rotated to b, turn 3 found both cooling until a's reset
+    # turn 1 on a, whose answer said it had no request left: turn 2 on b, likewise; turn 3
+    # found both spent until a's reset, and no request was sent to a certain refusal
     reset_a = flow_env.store.get_key(a).cooling_until
     assert reset_a is not None
     assert deferred.next_scheduled_start_time is not None
@@ -82,15 +83,15 @@ async def test_spent_pool_defers_then_resumes_at_the_reset(
     assert deferred.state is not None and "Every anthropic key is spent" in (
         deferred.state.message or ""
     )
-    assert [e.status for e in flow_env.emulator.admin.log()] == [200, 429, 200, 429]
+    assert [e.status for e in flow_env.emulator.admin.log()] == [200, 200]
 
     finished = await _wait_for(run.id, _final, WINDOW_S + 60, "never finished")
     assert finished.state_type == StateType.COMPLETED, server_process.output()
     assert finished.run_count == 2
     log = flow_env.emulator.admin.log()
-    # finished turns were not run again; turn 3 went to a after its reset, same conversation
-    assert [e.status for e in log] == [200, 429, 200, 429, 200]
-    assert [e.user_turns for e in log] == [1, 2, 2, 3, 3]
+    # finished turns were not run again; turn 3 was sent after the reset, same conversation
+    assert [e.status for e in log] == [200, 200, 200]
+    assert [e.user_turns for e in log] == [1, 2, 3]
     assert log[-1].last_user_text == "third"
     assert log[-1].at >= reset_a.timestamp()
     # how late after the reset it resumed is measured in bench/flow_overhead.py, not here
@@ -101,7 +102,12 @@ async def test_spent_pool_defers_then_resumes_at_the_reset(
     assert len(running) == 2
     waiting = flow_env.store.audit_events(type="pool_waiting")
     assert [e.run_id for e in waiting] == [str(run.id)]
-    assert {e.key_id for e in flow_env.store.audit_events(type="key_rotated")} == {b}
+    checkpoint = flow_env.store.load_checkpoint(str(run.id))
+    assert checkpoint is not None
+    # turn 3 on whichever key was back first (b's window opened a moment after a's: with the
+    # resume margin both may be back, and then the run keeps b, the key it last used)
+    assert [t["key_id"] for t in checkpoint["turns"]] in ([a, b, a], [a, b, b])
+    assert flow_env.store.audit_events(type="key_rate_limited") == []
 
 
 async def test_a_waiting_run_can_be_cancelled(

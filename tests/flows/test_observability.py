@@ -21,7 +21,7 @@ from prefect.events.filters import (
     EventRelatedFilter,
 )
 
-from api.emulator import LimitRule
+from api.emulator import FaultRule
 from flows.agent_run import agent_run
 from tests.flows.support import FlowEnv, add_key
 
@@ -31,8 +31,8 @@ pytestmark = pytest.mark.anyio
 async def test_rotation_shows_up_as_events_and_a_pool_artifact(flow_env: FlowEnv) -> None:
     a = add_key(flow_env, "a", priority=1)
     b = add_key(flow_env, "b", priority=2)
-    flow_env.emulator.admin.set_limits(
-        [LimitRule(key_prefix="sk-ant-api03-a-", requests=1, window_s=60)]
+    flow_env.emulator.admin.set_faults(
+        [FaultRule(key_prefix="sk-ant-api03-a-", kind="missing_headers", times=1)]
     )
     state = await agent_run(prompt="go", agent="anthropic", steps=2, return_state=True)
     run_id = state.state_details.flow_run_id
@@ -57,7 +57,7 @@ async def test_rotation_shows_up_as_events_and_a_pool_artifact(flow_env: FlowEnv
             await anyio.sleep(0.3)
         assert wanted <= seen
         limited = next(e for e in events if e.event == "keyrelay.key_rate_limited")
-        assert limited.payload["kind"] == "rate_limit" and limited.payload["resets_at"]
+        assert limited.payload["kind"] == "rate_limit" and limited.payload["cooling_until"]
         assert any(r.role == "flow-run" for r in limited.related)
 
         # the artifact key is shared by every run of the session: ask for this run's own
