@@ -532,7 +532,7 @@
       return el(
         "tr",
         {},
-        el("td", {}, el("time", { datetime: event.at, title: event.at, text: at.toLocaleTimeString() })),
+        el("td", {}, el("time", { datetime: event.at, title: event.at, text: at.toLocaleTimeString([], { hour12: false }) })),
         el("td", {}, el("code", { text: event.type })),
         el("td", { text: key }),
         el("td", { class: "small", text: event.run_id || "" }),
