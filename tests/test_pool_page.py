@@ -60,9 +60,17 @@ def test_the_page_and_its_assets_need_no_login_and_hold_no_data(
     # Everything the page loads is its own (no CDN: it must work offline).
     loaded = re.findall(r'(?:src|href)="([^"]+)"', page.text)
     assert loaded and all(url.startswith(("static/", "data:")) for url in loaded), loaded
-    for url in loaded:
-        if url.startswith("static/"):
-            assert client.get(f"/ui/{url}").status_code == 200, url
+    # ... and so is every module those scripts import.
+    to_fetch = [url for url in loaded if url.startswith("static/")]
+    fetched = set()
+    while to_fetch:
+        url = to_fetch.pop()
+        fetched.add(url)
+        asset = client.get(f"/ui/{url}")
+        assert asset.status_code == 200, url
+        imports = re.findall(r'from "\./([\w.-]+)"', asset.text)
+        to_fetch += [f"static/{name}" for name in imports if f"static/{name}" not in fetched]
+    assert {"static/app.js", "static/dom.js", "static/cells.js", "static/server.js"} <= fetched
     assert client.get("/ui/static/app.js").headers["content-type"].startswith("text/javascript")
     assert client.get("/ui/static/../app.py").status_code in (401, 404)
     assert client.get("/ui/static/keystore.db").status_code == 404
@@ -282,6 +290,9 @@ def test_the_page_has_its_own_budget_beside_the_apis(
         storage=ManualWindowStorage(window_clock),
         clock=window_clock,
     )
+    for _ in range(PAGE_LIMIT + 5):  # loading the page and its assets spends nothing
+        assert client.get("/ui/static/app.js").status_code == 200
+    assert client.get("/ui/").status_code == 200
     log_in(client)  # one of the page's requests
     polls = [client.get("/ui/state").status_code for _ in range(PAGE_LIMIT - 1)]
     assert set(polls) == {200}  # 30 a minute at 2 s would have been refused at the API's rate

@@ -211,6 +211,8 @@ def test_actions_reach_the_keystore_and_a_refusal_is_shown(
     button(second.id, "toggle").click()
     wait_for(lambda: ks.get_key(second.id).state == "disabled", "the keystore to say disabled")
     wait_for(lambda: "Enable" in button(second.id, "toggle").text, "the Enable button")
+    focused = browser.switch_to.active_element  # a keyboard user stays on the rebuilt button
+    assert focused.get_attribute("aria-label") == "Enable second"
     assert "disabled" in text_of(browser, row(second.id))
 
     button(first.id, "toggle").click()  # the provider's last enabled key: the API says 409

@@ -2,7 +2,7 @@
 
     GET   /ui                     -> /ui/
     GET   /ui/                    the page (static HTML; it holds no data)
-    GET   /ui/static/{asset}      its script and style sheet, shipped in the package
+    GET   /ui/static/{asset}      its scripts (ES modules) and style sheet, from the package
     POST  /ui/login               {"token": ...} -> 204 + session cookie; 401 wrong token
     POST  /ui/logout              204, cookie cleared
     GET   /ui/state               PageState (api/ui/state.py), polled by the page
@@ -41,10 +41,25 @@ from keystore import KeyPublic, Keystore
 __all__ = ["PageConfig", "create_page_app"]
 
 _CONTENT_TYPES = {
-    "index.html": "text/html; charset=utf-8",
-    "app.js": "text/javascript; charset=utf-8",
-    "app.css": "text/css; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
 }
+
+
+def _load_assets() -> dict[str, tuple[bytes, str]]:
+    """The page's files by name, read once: a handful of small files shipped in the package
+    (package-data in pyproject.toml). Nothing else is ever served from the directory."""
+    assets = {}
+    for entry in resources.files("api.ui").joinpath("static").iterdir():
+        content_type = _CONTENT_TYPES.get("." + entry.name.rpartition(".")[2])
+        if content_type is not None:
+            assets[entry.name] = (entry.read_bytes(), content_type)
+    return assets
+
+
+_ASSETS = _load_assets()
+
 # Everything the page loads comes from this server; nothing from a CDN (it must work offline),
 # and no inline script, so an injected one does not run.
 _PAGE_HEADERS = {
@@ -108,10 +123,10 @@ def asset(name: str) -> Response:
 
 
 def _asset(name: str) -> Response:
-    content_type = _CONTENT_TYPES.get(name)
-    if content_type is None:
+    found = _ASSETS.get(name)
+    if found is None:
         return problem(404, "not found")
-    body = resources.files("api.ui").joinpath("static", name).read_bytes()
+    body, content_type = found
     return Response(body, media_type=content_type, headers=_PAGE_HEADERS)
 
 

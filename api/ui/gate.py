@@ -6,7 +6,8 @@ requests elsewhere pass through untouched. So the API keeps one credential (the 
 and one budget, and the page has its own:
 
     path under /ui                            credential        budget, per client   refused
-    /ui, /ui/, /ui/static/*, login, logout    none              `page`               429
+    /ui, /ui/, /ui/static/*                   none              none                 -
+    login, logout                             none              `page`               429
     anything else, valid session cookie       cookie            `page`               429
     anything else, no cookie                  -                 `page`               401
     anything else, a wrong or expired cookie  -                 `failures` (API's)   401, then 429
@@ -19,7 +20,11 @@ trip it; a second tab from the same address can, and the page then waits for `Re
 says so. Charging the page to its own budget also means an open page never spends what the
 operator's scripts get from the API, and wrong cookies count against the same failed-login
 budget as wrong tokens (the login form checks tokens too), so the page is no faster way to
-guess. Starting the page and its assets need no cookie: they hold no data."""
+guess.
+
+The page and its assets need no cookie (they hold no data) and spend no budget: a page load
+is half a dozen of them, and like /healthz they are answered from memory for about what a
+refusal costs. Budgeting them would let a few reloads lock the page out of its own data."""
 
 from __future__ import annotations
 
@@ -34,7 +39,8 @@ __all__ = ["PAGE_PREFIX", "PAGE_RATE_LIMIT", "POLL_INTERVAL_S", "PageGate"]
 PAGE_PREFIX = "/ui"
 POLL_INTERVAL_S = 2.0
 PAGE_RATE_LIMIT = "60/minute"
-_OPEN_PATHS = frozenset({"/ui", "/ui/", "/ui/login", "/ui/logout"})
+_STATIC_PATHS = frozenset({"/ui", "/ui/"})  # + /ui/static/*
+_OPEN_PATHS = frozenset({"/ui/login", "/ui/logout"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOGIN_FIRST = "log in with an API token first"
 SESSION_INVALID = "the session has expired or is not valid; log in again"
@@ -68,7 +74,12 @@ class PageGate:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        open_path = path in _OPEN_PATHS or path.startswith(PAGE_PREFIX + "/static/")
+        if scope["method"] == "GET" and (
+            path in _STATIC_PATHS or path.startswith(PAGE_PREFIX + "/static/")
+        ):
+            await self.page(scope, receive, send)
+            return
+        open_path = path in _OPEN_PATHS
         cookie = None if open_path else self.sessions.from_scope(scope)
         valid = open_path or self.sessions.accepts(cookie)
         if valid or cookie is None:
