@@ -13,7 +13,7 @@ from sqlalchemy import Connection, select
 
 from keystore.keys import keys_t, slots_t
 
-__all__ = ["LeaseHolderPublic", "active_leases"]
+__all__ = ["LeaseHolderPublic", "list_active_leases"]
 
 
 class LeaseHolderPublic(BaseModel):
@@ -28,7 +28,7 @@ class LeaseHolderPublic(BaseModel):
     expires_at: datetime
 
 
-def active_leases(
+def list_active_leases(
     conn: Connection, *, now: datetime, provider: str | None = None
 ) -> list[LeaseHolderPublic]:
     """Unexpired leases, ordered by provider, key, then oldest first."""

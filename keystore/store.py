@@ -24,13 +24,13 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
 
 from keystore import audit as audit_log
-from keystore import checkpoints, cooling, holders, keys, leases, rekey, views, waits
+from keystore import checkpoints, cooling, keys, leases, rekey, views, waits
 from keystore.clock import Clock, utcnow
 from keystore.config import RotationConfig, load_config, save_config, updated_config
 from keystore.crypto import MasterKey
 from keystore.db import Database, create_keystore_engine, upgrade
 from keystore.errors import InvalidInput, KeyNotFound, LeaseLost, MasterKeyError, NoKeyAvailable
-from keystore.holders import LeaseHolderPublic
+from keystore.holders import LeaseHolderPublic, list_active_leases
 from keystore.keepalive import KeepAlive
 from keystore.lease import Lease
 from keystore.migrate import migrate_env_tokens
@@ -336,7 +336,7 @@ class Keystore:
         if provider is not None:
             _check_provider(provider)
         return self._read(
-            lambda conn: holders.active_leases(conn, now=self._clock(), provider=provider)
+            lambda conn: list_active_leases(conn, now=self._clock(), provider=provider)
         )
 
     # -- config, audit, checkpoints, waits, master key ------------------------------------------
