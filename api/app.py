@@ -7,13 +7,18 @@ Refuses to start without KEYRELAY_API_TOKEN. Every API route but GET /healthz ne
 the documentation (/openapi.json, Swagger UI at /docs) is public: it describes the API and holds
 no data, and a stranger should be able to read it (and point schema tools at it) first.
 
-Requests pass, outermost first: CatchUnhandled (api/errors.py) -> BodySizeLimit -> AccessGate
-(api/auth.py: the token, then the per-client budgets) -> the routes. A declared body over the
-limit is refused before the token is looked at; a request without a valid token is refused
-before any of its body is read."""
+Requests pass, outermost first: CatchUnhandled (api/errors.py) -> BodySizeLimit -> PageGate
+(api/ui/gate.py: requests under /ui go to the pool page, with its cookie and its budget) ->
+AccessGate (api/auth.py: the token, then the per-client budgets) -> the routes. A declared body
+over the limit is refused before the token is looked at; a request without a valid token (or,
+under /ui, session cookie) is refused before any of its body is read.
+
+The pool page (GET /ui/, api/ui/) is for people: a browser logs in once with a token and gets a
+session cookie scoped to /ui. The API itself accepts only the Authorization header."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -27,6 +32,15 @@ from api.auth import AccessGate, BearerTokens
 from api.errors import BodyTooLarge, install_error_handlers, problem
 from api.ratelimit import ClientRateLimit
 from api.routes import allowed_methods, api_router
+from api.ui import (
+    PAGE_RATE_LIMIT,
+    POLL_INTERVAL_S,
+    PageConfig,
+    PageGate,
+    PageSessions,
+    create_page_app,
+)
+from api.ui.state import prefect_ui_base
 from keystore import Keystore, Settings, open_keystore
 
 __all__ = ["BodySizeLimit", "create_app"]
@@ -40,7 +54,10 @@ Requests with a missing or wrong token are answered 401 and counted in a separat
 budget (KEYRELAY_API_AUTH_FAILURE_LIMIT): once it is spent they get 429, while a valid token from
 the same address keeps working. A request body over KEYRELAY_API_MAX_BODY_BYTES (1 MiB by
 default) is refused with 413. Secrets are write-only. Times are ISO 8601 UTC. Errors are
-`{"detail": ...}`."""
+`{"detail": ...}`.
+
+People can watch the pool live at `/ui/` (the pool page: log in with a token; it is not part of
+this document)."""
 
 
 def create_app(
@@ -67,6 +84,10 @@ def create_app(
         setting="KEYRELAY_API_AUTH_FAILURE_LIMIT",
         storage=storage,
         clock=clock,
+    )
+    # The page's own budget (api/ui/gate.py says why), on the same storage under its own name.
+    page_limit = ClientRateLimit(
+        PAGE_RATE_LIMIT, name="page", setting="PAGE_RATE_LIMIT", storage=storage, clock=clock
     )
     owned = keystore is None
     store = open_keystore(settings=settings) if keystore is None else keystore
@@ -98,6 +119,22 @@ def create_app(
         documentation=documentation_limit,
         public_paths={path for path in public if path},
         unlimited_paths={"/healthz"},
+    )
+    page = PageConfig(
+        keystore=store,
+        tokens=tokens,
+        sessions=PageSessions(settings.api_tokens()),
+        failures=failure_limit,
+        # Prefect's own variable: holders that are keyrelay flow runs link to the run's page.
+        prefect_ui_url=prefect_ui_base(os.environ.get("PREFECT_UI_URL")),
+        poll_interval_s=POLL_INTERVAL_S,
+    )
+    app.add_middleware(
+        PageGate,
+        page=create_page_app(page),
+        sessions=page.sessions,
+        budget=page_limit,
+        failures=failure_limit,
     )
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.api_max_body_bytes)
     install_error_handlers(app)  # adds CatchUnhandled last: the outermost middleware

@@ -30,6 +30,7 @@ from keystore.config import RotationConfig, load_config, save_config, updated_co
 from keystore.crypto import MasterKey
 from keystore.db import Database, create_keystore_engine, upgrade
 from keystore.errors import InvalidInput, KeyNotFound, LeaseLost, MasterKeyError, NoKeyAvailable
+from keystore.holders import LeaseHolderPublic, list_active_leases
 from keystore.keepalive import KeepAlive
 from keystore.lease import Lease
 from keystore.migrate import migrate_env_tokens
@@ -397,6 +398,14 @@ class Keystore:
 
     def status(self) -> PoolStatus:
         return self._read(lambda conn: views.status(conn, now=self._clock()))
+
+    def active_leases(self, provider: str | None = None) -> list[LeaseHolderPublic]:
+        """Every unexpired lease (or one provider's) with its key and holder."""
+        if provider is not None:
+            _check_provider(provider)
+        return self._read(
+            lambda conn: list_active_leases(conn, now=self._clock(), provider=provider)
+        )
 
     # -- config, audit, checkpoints, waits, master key ------------------------------------------
     def config(self) -> RotationConfig:

@@ -1,8 +1,9 @@
 """The API's routes, composed in one router.
 
 Every router below keys_router serves paths under /keys. `/keys/{id}` matches integers only
-(`{id:int}`), so it never captures /keys/status, /keys/explain or /keys/config (another method
-on those is a 405, `/keys/abc` a 404); the static paths are still included first."""
+(`{id:int}`), so it never captures /keys/status, /keys/explain, /keys/leases or /keys/config
+(another method on those is a 405, `/keys/abc` a 404); the static paths are still included
+first."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from fastapi.routing import APIRoute
 
 from api.deps import require_token
 from api.errors import error_responses
-from api.routes import audit, config, health, keys, pool
+from api.routes import audit, config, health, keys, leases, pool
 
 __all__ = ["allowed_methods", "api_router"]
 
@@ -23,6 +24,7 @@ keys_router = APIRouter(
     responses=error_responses(401, 429, 500),
 )
 keys_router.include_router(pool.router)
+keys_router.include_router(leases.router)
 keys_router.include_router(config.router)
 keys_router.include_router(keys.router)  # /keys/{id} last
 
@@ -44,6 +46,7 @@ def allowed_methods(path: str) -> set[str]:
         for router in (
             health.router,
             pool.router,
+            leases.router,
             config.router,
             keys.router,
             audit.router,
