@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +28,26 @@ sys.path.insert(0, str(ROOT))
 
 from keystore import MasterKey, RateLimitSignal, open_keystore, utcnow  # noqa: E402
 from tests.pool_page_browser import chromium, running_api  # noqa: E402
+
+
+def _requests(*, limit: int, remaining: int, reset: datetime) -> dict[str, str]:
+    """An API key's answer: its requests bucket."""
+    return {
+        "anthropic-ratelimit-requests-limit": str(limit),
+        "anthropic-ratelimit-requests-remaining": str(remaining),
+        "anthropic-ratelimit-requests-reset": reset.isoformat(),
+    }
+
+
+def _windows(*, five_hour: float, seven_day: float, now: datetime) -> dict[str, str]:
+    """A subscription's answer: its 5-hour and 7-day windows."""
+    return {
+        "anthropic-ratelimit-unified-status": "allowed",
+        "anthropic-ratelimit-unified-5h-utilization": str(five_hour),
+        "anthropic-ratelimit-unified-5h-reset": str(int((now + timedelta(hours=3)).timestamp())),
+        "anthropic-ratelimit-unified-7d-utilization": str(seven_day),
+        "anthropic-ratelimit-unified-7d-reset": str(int((now + timedelta(days=4)).timestamp())),
+    }
 
 
 def _secret(prefix: str) -> str:
@@ -69,9 +89,20 @@ def main() -> None:
             spare = ks.add_key(
                 name="spare", provider="openai", secret=_secret("sk-proj-"), max_concurrency=4
             )
-            ks.record_utilization(a.id, 0.42)
-            ks.record_utilization(b.id, 0.87)
-            ks.record_utilization(alice.id, 0.63)
+            for key, provider, headers in (
+                (
+                    a.id,
+                    "anthropic",
+                    _requests(limit=50, remaining=29, reset=now + timedelta(seconds=40)),
+                ),
+                (
+                    b.id,
+                    "anthropic",
+                    _requests(limit=400, remaining=52, reset=now + timedelta(seconds=25)),
+                ),
+                (alice.id, "claude-code", _windows(five_hour=0.63, seven_day=0.31, now=now)),
+            ):
+                ks.record_response(key, provider=provider, status=200, headers=headers)
             ks.acquire(provider="anthropic", holder=f"flow-run {uuid.uuid4()} turn 2", ttl_s=300)
             ks.acquire(provider="anthropic", holder=f"flow-run {uuid.uuid4()} turn 1", ttl_s=300)
             ks.mark_limited(

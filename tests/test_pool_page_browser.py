@@ -265,43 +265,33 @@ def test_a_lease_shows_its_flow_run_and_a_disabled_key_drains(
 
 # Adds per-window `limits` to every key of the state the page fetches: the shape the keystore's
 # KeyPublic is gaining (bucket, limit, remaining, utilization, reset_at).
-WITH_LIMITS = """
-const real = window.fetch;
-window.fetch = async (...args) => {
-  const response = await real(...args);
-  if (String(args[0]) !== "state" || response.status !== 200) return response;
-  const state = await response.json();
-  const reset = new Date(Date.parse(state.now) + 90000).toISOString();
-  for (const key of state.keys) {
-    key.limits = [
-      {bucket: "requests", limit: 50, remaining: 12, utilization: null, reset_at: reset},
-      {bucket: "unified-5h", limit: null, remaining: null, utilization: 0.97, reset_at: reset},
-    ];
-  }
-  return new Response(JSON.stringify(state), {status: 200});
-};
-"""
-
-
-def test_per_window_limits_are_drawn_when_the_keys_report_them(
+def test_each_limit_window_a_provider_reported_is_drawn(
     api: RunningApi, browser: Any, ks: Keystore
 ) -> None:
     from selenium.webdriver.common.by import By
 
     key = ks.add_key(name="windows", provider="anthropic", secret=f"sk-ant-{uuid.uuid4().hex}")
-    ks.record_utilization(key.id, 0.25)
     logged_in(browser, api)
-    wait_for(lambda: "25% used" in text_of(browser, row(key.id)), "the single utilization")
-    assert "utilization" in text_of(browser, row(key.id))
-
-    browser.execute_script(WITH_LIMITS)
-
+    wait_for(lambda: "no limits reported yet" in text_of(browser, row(key.id)), "an empty cell")
+    reset = ks.now() + timedelta(seconds=90)
+    ks.record_response(
+        key.id,
+        provider="anthropic",
+        status=200,
+        headers={
+            "anthropic-ratelimit-requests-limit": "50",
+            "anthropic-ratelimit-requests-remaining": "12",
+            "anthropic-ratelimit-requests-reset": reset.isoformat(),
+            "anthropic-ratelimit-unified-5h-utilization": "0.97",
+            "anthropic-ratelimit-unified-5h-reset": str(int(reset.timestamp())),
+        },
+    )
     cell = wait_for(
         lambda: (t := text_of(browser, f"{row(key.id)} .limits")) and "unified-5h" in t and t,
         "the per-window limits",
     )
     assert "requests" in cell and "76% used" in cell and "12 of 50 left" in cell
-    assert "97% used" in cell and "utilization" not in cell
+    assert "97% used" in cell
     assert re.search(r"resets in 1:(2\d|30)", cell), cell
     bars = browser.find_elements(By.CSS_SELECTOR, f'{row(key.id)} [role="progressbar"]')
     assert [b.get_attribute("aria-valuenow") for b in bars] == ["76", "97"]

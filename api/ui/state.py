@@ -1,5 +1,5 @@
-"""What the pool page shows, as one JSON document (`GET /ui/state`): the keys (KeyPublic, so a
-field the keystore adds, such as per-window `limits`, reaches the page unchanged), the
+"""What the pool page shows, as one JSON document (`GET /ui/state`): the keys (KeyPublic, with
+the limit buckets each provider last reported, as `GET /keys/limits` has them), the
 per-provider counts, who holds each lease, and the latest audit events.
 
 One document rather than the page calling /keys, /keys/leases and /audit itself: one request per
@@ -16,11 +16,11 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel
 
-from keystore import AuditEventPublic, KeyPublic, Keystore
+from keystore import AuditEventPublic, BucketPublic, KeyPublic, Keystore
 from keystore.holders import LeaseHolderPublic
 from keystore.views import ProviderStatus
 
-__all__ = ["AUDIT_SHOWN", "LeaseHolderView", "PageState", "flow_run_url", "page_state"]
+__all__ = ["AUDIT_SHOWN", "KeyView", "LeaseHolderView", "PageState", "flow_run_url", "page_state"]
 
 AUDIT_SHOWN = 20
 # keyrelay's flows hold keys as `flow-run <flow run id> turn <n>` (flows/steps.py).
@@ -35,11 +35,15 @@ class LeaseHolderView(LeaseHolderPublic):
     flow_run_url: str | None  # the run's page in the Prefect UI, when PREFECT_UI_URL is set
 
 
+class KeyView(KeyPublic):
+    limits: list[BucketPublic]  # each window the provider reported, until its reset
+
+
 class PageState(BaseModel):
     now: datetime
     poll_interval_s: float
     providers: dict[str, ProviderStatus]
-    keys: list[KeyPublic]
+    keys: list[KeyView]
     leases: list[LeaseHolderView]
     audit: list[AuditEventPublic]
 
@@ -71,11 +75,14 @@ def _view(lease: LeaseHolderPublic, prefect_ui_url: str | None) -> LeaseHolderVi
 
 def page_state(ks: Keystore, *, prefect_ui_url: str | None, poll_interval_s: float) -> PageState:
     status = ks.status()
+    buckets: dict[int, list[BucketPublic]] = {}
+    for bucket in ks.limits():
+        buckets.setdefault(bucket.key_id, []).append(bucket)
     return PageState(
         now=ks.now(),
         poll_interval_s=poll_interval_s,
         providers=status.providers,
-        keys=status.keys,
+        keys=[KeyView(**k.model_dump(), limits=buckets.get(k.id, [])) for k in status.keys],
         leases=[_view(lease, prefect_ui_url) for lease in ks.active_leases()],
         audit=ks.audit_events(limit=AUDIT_SHOWN),
     )

@@ -200,7 +200,7 @@ function renderKeys(keys, leases) {
     updateCell(slots, [key.active_leases, key.max_concurrency], () => [
       `${key.active_leases} / ${key.max_concurrency}`,
     ]);
-    updateCell(limits, [key.limits, key.utilization, key.cooling_until, key.state], () =>
+    updateCell(limits, [key.limits], () =>
       limitsCell(key),
     );
     updateCell(holders, held, () => holdersCell(held));

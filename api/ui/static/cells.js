@@ -64,30 +64,18 @@ function usedFraction(limit) {
   return null;
 }
 
-// Per-window limit state when the keystore reports it (`limits`), else the key's single
-// utilization and cooling deadline.
-
-// Per-window limit state when the keystore reports it (`limits`), else the key's single
-// utilization and cooling deadline.
+// Each limit window the key's provider reported (`limits`, until its reset).
 export function limitsCell(key) {
-  let windows;
-  if (Array.isArray(key.limits) && key.limits.length > 0) {
-    windows = key.limits.map((l) => ({
-      label: l.bucket,
-      used: usedFraction(l),
-      remaining: l.remaining,
-      limit: l.limit,
-      resetAt: l.reset_at,
-    }));
-  } else if (typeof key.utilization === "number") {
-    windows = [{
-      label: "utilization",
-      used: key.utilization,
-      resetAt: key.state === "cooling" ? key.cooling_until : null,
-    }];
-  } else {
+  if (!Array.isArray(key.limits) || key.limits.length === 0) {
     return [el("span", { class: "small", text: "no limits reported yet" })];
   }
+  const windows = key.limits.map((l) => ({
+    label: l.bucket,
+    used: usedFraction(l),
+    remaining: l.remaining,
+    limit: l.limit,
+    resetAt: l.reset_at,
+  }));
   const list = el("ul", { class: "limits" });
   for (const w of windows) {
     const used = typeof w.used === "number" ? Math.min(1, Math.max(0, w.used)) : null;
