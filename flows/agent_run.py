@@ -15,8 +15,11 @@ from prefect import flow
 from prefect.context import FlowRunContext
 
 from flows.blocking import in_thread
+from flows.checkpoint import load_checkpoint
+from flows.job import AgentJob, PermissionMode
 from flows.runtime import flow_keystore
 from flows.turn_loop import RunLoop
+from flows.workdir import prepare_workdir
 from keystore import InvalidInput, Provider, utcnow
 
 __all__ = ["CONTINUE_PROMPT", "agent_run", "turn_prompt"]
@@ -54,19 +57,52 @@ async def agent_run(
     steps: int = 1,
     followups: list[str] | None = None,
     run_label: str | None = None,
+    workdir: str | None = None,
+    allowed_tools: list[str] | None = None,
+    disallowed_tools: list[str] | None = None,
+    permission_mode: PermissionMode | None = None,
+    append_system_prompt: str | None = None,
+    max_turns: int | None = None,
+    add_dirs: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run an LLM agent conversation of `steps` turns, rotating keys on rate limits and waiting
-    (as Scheduled/AwaitingRateLimit, worker freed) when every key is spent."""
+    (as Scheduled/AwaitingRateLimit, worker freed) when every key is spent.
+
+    For `claude-code`, a job in a repository: `workdir` (an existing directory on the worker;
+    default: a directory of the run's own), `allowed_tools` / `disallowed_tools` (tool rules such
+    as "Bash(git:*)"), `permission_mode`, `append_system_prompt`, `max_turns` (the CLI's own
+    agent turns per run turn) and `add_dirs`. The other agents refuse these."""
     _validate(prompt, steps, followups)
+    job = AgentJob.of(
+        workdir=workdir,
+        allowed_tools=allowed_tools,
+        disallowed_tools=disallowed_tools,
+        permission_mode=permission_mode,
+        append_system_prompt=append_system_prompt,
+        max_turns=max_turns,
+        add_dirs=add_dirs,
+    )
+    job.refuse_for(agent)
     context = FlowRunContext.get()
     assert context is not None and context.flow_run is not None
     flow_run = context.flow_run
     run_id = str(flow_run.id)
     store = flow_keystore()
+    checkpoint = await in_thread(load_checkpoint, store, run_id)
+    folder = None
+    if agent == "claude-code":
+        job.check_dirs()  # on this worker, which may not be the one the run started on
+        resuming = checkpoint.turns_done > 0 or checkpoint.progress is not None
+        folder = await in_thread(prepare_workdir, store, run_id, job, resuming=resuming)
     run = RunLoop(
-        store, run_id=run_id, agent=agent, model=model, deployed=flow_run.deployment_id is not None
+        store,
+        run_id=run_id,
+        agent=agent,
+        model=model,
+        deployed=flow_run.deployment_id is not None,
+        job=job,
+        workdir=str(folder) if folder is not None else None,
     )
-    checkpoint = await run.checkpoint()
     due = await in_thread(store.clear_wait, run_id)
     if due is not None:
         lateness_s = (utcnow() - due).total_seconds()

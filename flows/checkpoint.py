@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from flows.continuation import continuation_prompt
 from flows.outcome import Tally
 from keystore import Keystore
 
@@ -41,19 +42,31 @@ class TurnProgress(BaseModel):
     transient: int = 0
     agent_crash: int = 0
     refused_key: int | None = None
+    # An attempt that got part of the turn done: the agent's state as far as it got (resumed by
+    # the next attempt on that agent), and why it stopped (told to the agent).
+    partial: dict[str, Any] | None = None
+    partial_agent: str | None = None
+    interruption: str | None = None
 
     @property
     def tally(self) -> Tally:
         return Tally(self.rotations, self.transient, self.agent_crash)
 
-    def after(self, tally: Tally, *, refused_key: int | None) -> TurnProgress:
-        return TurnProgress(
-            turn=self.turn,
-            rotations=tally.rotations,
-            transient=tally.transient,
-            agent_crash=tally.agent_crash,
-            refused_key=refused_key,
+    def after(
+        self, tally: Tally, *, refused_key: int | None, interruption: str | None
+    ) -> TurnProgress:
+        return self.model_copy(
+            update={
+                "rotations": tally.rotations,
+                "transient": tally.transient,
+                "agent_crash": tally.agent_crash,
+                "refused_key": refused_key,
+                "interruption": (interruption or self.interruption) if self.partial else None,
+            }
         )
+
+    def with_partial(self, agent: str, state: dict[str, Any]) -> TurnProgress:
+        return self.model_copy(update={"partial": state, "partial_agent": agent})
 
 
 class RunCheckpoint(BaseModel):
@@ -84,8 +97,17 @@ class RunCheckpoint(BaseModel):
         return TurnProgress(turn=turn)
 
     def executor_input(self, agent: str, prompt: str) -> tuple[dict[str, Any] | None, str]:
-        """The checkpoint to hand `agent`'s executor, and the prompt to send (with the turns it
-        missed while another provider served the run, when it cannot be given them otherwise)."""
+        """The checkpoint to hand `agent`'s executor, and the prompt to send: the turn as far as
+        an interrupted attempt on this agent got, with a prompt that resumes it; or the turns it
+        missed while another provider served the run, when it cannot be given them otherwise."""
+        progress = self.progress
+        if (
+            progress is not None
+            and progress.partial is not None
+            and progress.partial_agent == agent
+        ):
+            cut_off = len(progress.partial.get("interrupted_tools") or [])
+            return progress.partial, continuation_prompt(prompt, progress.interruption, cut_off)
         seen = self.synced.get(agent, 0)
         if seen == self.turns_done:
             return self.states.get(agent), prompt

@@ -1,19 +1,21 @@
 """The keyed step: one attempt at one turn of an agent conversation, as a Prefect task.
 
     load the run's checkpoint -> lease (the run's last key if it can serve) -> execute (SDK /
-    CLI retries off) -> tell the keystore what the provider said -> save the checkpoint ->
-    release -> decide the outcome (flows/outcome.py)
+    CLI retries off; every provider response to the keystore as it arrives) -> tell the keystore
+    the rest -> save the checkpoint -> release -> decide the outcome (flows/outcome.py)
 
 The attempt never sleeps, waits or retries: it returns its `Outcome`, and the flow's turn loop
 (flows/turn_loop.py) applies it, so every wait happens after the lease is released. The task
 run ends in a state named for the outcome (`Rotated`, `BackingOff`, ...), so the Prefect UI shows
-each attempt. What one attempt hands the next (budgets, the key that refused) is in the run's
-checkpoint in the keystore, never in this process.
+each attempt. What one attempt hands the next (budgets, the key that refused, the part of the
+turn an interrupted agent got done) is in the run's checkpoint in the keystore, never in this
+process.
 """
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -22,8 +24,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from flows.blocking import in_thread
-from flows.checkpoint import RunCheckpoint, TurnRecord, load_checkpoint, save_checkpoint
+from flows.checkpoint import (
+    RunCheckpoint,
+    TurnProgress,
+    TurnRecord,
+    load_checkpoint,
+    save_checkpoint,
+)
+from flows.continuation import interruption
 from flows.executors import Executor, ExecutorError, KeyRejected, TurnResult, executor_for
+from flows.job import AgentJob
 from flows.leasing import leased_key
 from flows.outcome import (
     Backoff,
@@ -47,7 +57,6 @@ from keystore import (
     NoKeyAvailable,
     RateLimitSignal,
     RotationConfig,
-    Settings,
 )
 
 __all__ = ["STATE_NAMES", "agent_turn"]
@@ -65,13 +74,50 @@ STATE_NAMES = MappingProxyType(
 )
 
 
-def _executor_options(agent: str, run_id: str) -> dict[str, Any]:
-    if agent == "claude-code":
-        # A stable working directory per run on this machine: an agent's files survive turns.
-        workdir = Settings().home / "runs" / run_id
-        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return {"workdir": workdir}
-    return {}
+class _Attempt:
+    """One attempt's view of its run: the checkpoint it started from and its turn's progress;
+    every change is saved to the keystore at once."""
+
+    def __init__(self, store: Keystore, *, run_id: str, turn: int, agent: str) -> None:
+        self.store, self.run_id, self.turn, self.agent = store, run_id, turn, agent
+        self.checkpoint = RunCheckpoint()
+        self.progress = TurnProgress(turn=turn)
+
+    async def load(self) -> None:
+        self.checkpoint = await in_thread(load_checkpoint, self.store, self.run_id)
+        self.progress = self.checkpoint.progress_of(self.turn)
+
+    async def _save(self, checkpoint: RunCheckpoint) -> None:
+        await in_thread(save_checkpoint, self.store, self.run_id, checkpoint)
+        self.checkpoint = checkpoint
+
+    async def keep_partial(self, state: dict[str, Any]) -> None:
+        """The executor got part of the turn done before it stopped: keep it before anything
+        else happens (the lease is still held, the process may die next)."""
+        self.progress = self.progress.with_partial(self.agent, state)
+        await self._save(self.checkpoint.model_copy(update={"progress": self.progress}))
+
+    async def served(self, record: TurnRecord, state: dict[str, Any]) -> None:
+        await self._save(self.checkpoint.with_turn(record, state))
+
+    async def went(self, outcome: Outcome, event: Event) -> None:
+        refused = outcome.from_key if isinstance(outcome, Rotate) else self.progress.refused_key
+        why = None if isinstance(event, NoKeyAvailable) else interruption(event)
+        self.progress = self.progress.after(
+            self.progress.tally.after(outcome), refused_key=refused, interruption=why
+        )
+        await self._save(self.checkpoint.model_copy(update={"progress": self.progress}))
+
+
+def _executor_options(
+    agent: str, *, job: AgentJob | None, workdir: str | None, config: RotationConfig
+) -> dict[str, Any]:
+    if agent != "claude-code":
+        return {}
+    options: dict[str, Any] = {"job": job or AgentJob(), "sandbox": config.sandbox}
+    if workdir is not None:
+        options["workdir"] = Path(workdir)
+    return options
 
 
 async def _call(
@@ -82,10 +128,16 @@ async def _call(
     model: str | None,
     checkpoint: dict[str, Any] | None,
     recorder: ResponseRecorder,
+    attempt: _Attempt,
 ) -> TurnResult | RateLimitSignal | ExecutorError:
     try:
         outcome = await executor.run_turn(
-            lease, prompt=prompt, model=model, checkpoint=checkpoint, report=recorder
+            lease,
+            prompt=prompt,
+            model=model,
+            checkpoint=checkpoint,
+            report=recorder,
+            keep_partial=attempt.keep_partial,
         )
     except ExecutorError as failed:
         return failed
@@ -125,16 +177,21 @@ async def agent_turn(
     run_id: str,
     model: str | None = None,
     can_defer: bool = True,
+    job: AgentJob | None = None,
+    workdir: str | None = None,
 ) -> State[Outcome]:
-    """One attempt at turn `turn` of run `run_id` on a leased `agent` key."""
+    """One attempt at turn `turn` of run `run_id` on a leased `agent` key (`job` and `workdir`:
+    what a claude-code agent works with)."""
     store = flow_keystore()
     config = await in_thread(store.config)
-    checkpoint: RunCheckpoint = await in_thread(load_checkpoint, store, run_id)
-    progress = checkpoint.progress_of(turn)
+    attempt = _Attempt(store, run_id=run_id, turn=turn, agent=agent)
+    await attempt.load()
+    checkpoint, progress = attempt.checkpoint, attempt.progress
     state, send = checkpoint.executor_input(agent, prompt)
     holder = f"flow-run {run_id} turn {turn}"
     # Built before the lease: the first one imports its SDK, which takes a while.
-    executor = executor_for(agent, **_executor_options(agent, run_id))
+    options = _executor_options(agent, job=job, workdir=workdir, config=config)
+    executor = executor_for(agent, **options)
     key_id: int | None = None
     marked: Marked | None = None
     event: Event
@@ -158,7 +215,13 @@ async def agent_turn(
                 )
             recorder = ResponseRecorder(store, key_id=key_id, provider=agent, run_id=run_id)
             event = await _call(
-                executor, lease, prompt=send, model=model, checkpoint=state, recorder=recorder
+                executor,
+                lease,
+                prompt=send,
+                model=model,
+                checkpoint=state,
+                recorder=recorder,
+                attempt=attempt,
             )
             marked = await _tell_keystore(store, lease, event, run_id=run_id, recorder=recorder)
             if isinstance(event, TurnResult):  # checkpoint first, then release
@@ -171,8 +234,7 @@ async def agent_turn(
                     text=event.text,
                     usage=event.usage,
                 )
-                checkpoint = checkpoint.with_turn(record, event.checkpoint)
-                await in_thread(save_checkpoint, store, run_id, checkpoint)
+                await attempt.served(record, event.checkpoint)
     except LeaseLost as lost:
         event = lost
     except NoKeyAvailable as exhausted:
@@ -190,11 +252,7 @@ async def agent_turn(
         can_defer=can_defer,
     )
     if not isinstance(outcome, Served):
-        refused = outcome.from_key if isinstance(outcome, Rotate) else progress.refused_key
-        after = progress.after(progress.tally.after(outcome), refused_key=refused)
-        await in_thread(
-            save_checkpoint, store, run_id, checkpoint.model_copy(update={"progress": after})
-        )
+        await attempt.went(outcome, event)
     return Completed(data=outcome, name=STATE_NAMES[type(outcome)], message=_why(outcome))
 
 

@@ -23,9 +23,11 @@ from flows.blocking import in_thread
 from flows.checkpoint import RunCheckpoint, load_checkpoint, save_checkpoint
 from flows.deferral import defer_flow_run
 from flows.errors import RunFailed
+from flows.job import AgentJob
 from flows.observability import publish_pool_artifact
 from flows.outcome import Backoff, Defer, Fail, Fallback, Outcome, Rotate, Served, WaitInline
 from flows.steps import agent_turn
+from flows.workdir import snapshot_for_deferral
 from keystore import Keystore
 
 __all__ = ["RESUME_MARGIN_S", "RunLoop"]
@@ -37,10 +39,19 @@ class RunLoop:
     """One execution of a flow run: its keystore, identity and primary agent."""
 
     def __init__(
-        self, store: Keystore, *, run_id: str, agent: str, model: str | None, deployed: bool
+        self,
+        store: Keystore,
+        *,
+        run_id: str,
+        agent: str,
+        model: str | None,
+        deployed: bool,
+        job: AgentJob | None = None,
+        workdir: str | None = None,
     ) -> None:
         self.store, self.run_id, self.agent, self.model = store, run_id, agent, model
         self.deployed = deployed
+        self.job, self.workdir = job or AgentJob(), workdir
         self.logger = get_run_logger()
 
     async def checkpoint(self) -> RunCheckpoint:
@@ -58,6 +69,8 @@ class RunLoop:
                 run_id=self.run_id,
                 model=self.model if provider == self.agent else None,
                 can_defer=self.deployed,
+                job=self.job if provider == "claude-code" else None,
+                workdir=self.workdir if provider == "claude-code" else None,
                 return_state=True,
             )
             outcome = await attempt.aresult()  # raises what a broken attempt raised
@@ -124,6 +137,9 @@ class RunLoop:
         await anyio.sleep(wait_s)
 
     async def _defer(self, outcome: Defer) -> None:
+        # Whoever picks the run up may not have its working directory: keep it (or fail here,
+        # rather than resume later in an empty one).
+        await in_thread(snapshot_for_deferral, self.store, self.run_id, self.job)
         resume_at = outcome.until
         if outcome.budget is None:  # the pool is spent: queue behind the runs waiting already
             resume_at = await in_thread(

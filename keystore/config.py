@@ -3,7 +3,7 @@ CLI, the API and every worker read the same values. Unknown fields are rejected.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection, select
@@ -44,6 +44,14 @@ class RotationConfig(BaseModel):
     )
     resume_stagger_s: float = Field(
         1.0, ge=0, le=3600, description="spacing of deferred runs resuming on the same reset"
+    )
+    sandbox: Literal["required", "auto", "off"] = Field(
+        "auto",
+        description="run the claude CLI in a bubblewrap sandbox: required (refuse without one), "
+        "auto (when available, else warn), off",
+    )
+    workdir_snapshot_max_mb: float = Field(
+        64, ge=0, le=4096, description="largest default working directory a deferral keeps"
     )
 
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import ConfigDict, SecretStr, field_validator, model_validator
-from sqlalchemy import JSON, Column, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy import ForeignKey as SAForeignKey
 from sqlmodel import Field, SQLModel
 
@@ -33,6 +33,7 @@ __all__ = [
     "Provider",
     "RunWait",
     "UnusableKind",
+    "WorkdirSnapshot",
 ]
 
 Provider = Literal["claude-code", "anthropic", "openai"]
@@ -246,6 +247,19 @@ class Checkpoint(SQLModel, table=True):
     run_id: str = Field(primary_key=True, sa_type=String(200))
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class WorkdirSnapshot(SQLModel, table=True):
+    """A deferred run's default working directory as a gzipped tar, so a worker that does not
+    have the directory can restore it when it picks the run up."""
+
+    __tablename__ = "workdir_snapshots"
+
+    run_id: str = Field(primary_key=True, sa_type=String(200))
+    archive: bytes = Field(sa_type=LargeBinary)
+    size_bytes: int
+    files: int
+    taken_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class RunWait(SQLModel, table=True):

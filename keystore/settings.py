@@ -17,6 +17,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEYRELAY_", extra="ignore")
 
     home: Path = Field(default=Path("~/.keyrelay"), description="state directory")
+    # Not under home: the agent works there, and the sandbox keeps home (the keystore, the
+    # master key) out of its reach.
+    runs_dir: Path = Field(
+        default=Path("~/.local/share/keyrelay/runs"),
+        description="where a claude-code run without a workdir gets its working directory",
+    )
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite under home")
     master_key: SecretStr | None = Field(default=None, description="Fernet key(s), comma-separated")
     api_token: SecretStr | None = Field(default=None, description="API bearer token(s)")
@@ -38,7 +44,7 @@ class Settings(BaseSettings):
         description="largest request body the API reads (bytes, 1 KiB to 64 MiB)",
     )
 
-    @field_validator("home")
+    @field_validator("home", "runs_dir")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()

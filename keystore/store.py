@@ -24,7 +24,18 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
 
 from keystore import audit as audit_log
-from keystore import candidates, checkpoints, cooling, keys, leases, limits, rekey, views, waits
+from keystore import (
+    candidates,
+    checkpoints,
+    cooling,
+    keys,
+    leases,
+    limits,
+    rekey,
+    snapshots,
+    views,
+    waits,
+)
 from keystore.clock import Clock, utcnow
 from keystore.config import RotationConfig, load_config, save_config, updated_config
 from keystore.crypto import MasterKey
@@ -468,6 +479,16 @@ class Keystore:
 
     def load_checkpoint(self, run_id: str) -> dict[str, Any] | None:
         return self._read(lambda conn: checkpoints.load_checkpoint(conn, run_id))
+
+    def save_snapshot(self, run_id: str, snapshot: snapshots.Snapshot) -> None:
+        """Keep a run's working directory (a gzipped tar) for whichever worker resumes it."""
+        self._write(lambda w: snapshots.save_snapshot(w.conn, run_id, snapshot))
+
+    def load_snapshot(self, run_id: str) -> snapshots.Snapshot | None:
+        return self._read(lambda conn: snapshots.load_snapshot(conn, run_id))
+
+    def delete_snapshot(self, run_id: str) -> None:
+        self._write(lambda w: snapshots.delete_snapshot(w.conn, run_id))
 
     def register_wait(self, *, run_id: str, provider: str, reset_at: datetime) -> datetime:
         """Queue a deferred run for `provider`'s reset; returns its staggered resume time."""

@@ -48,7 +48,8 @@ def executor(
     fake_bin: Path, seen_file: Path, mode: str = "ok", **options: Any
 ) -> ClaudeCodeExecutor:
     env = {"FAKE_CLAUDE_MODE": mode, "FAKE_CLAUDE_OUT": str(seen_file)}
-    return ClaudeCodeExecutor(claude_bin=fake_bin, extra_env=env, **options)
+    # The fake CLI is a script of this checkout, which the sandbox hides: sandbox.py has its tests.
+    return ClaudeCodeExecutor(claude_bin=fake_bin, extra_env=env, sandbox="off", **options)
 
 
 def seen(seen_file: Path) -> dict[str, Any]:
@@ -191,7 +192,7 @@ async def test_failures_raise_their_error_class(
         not_executable = seen_file.with_name("not-executable")
         not_executable.write_text("")
         with pytest.raises(AgentFailed, match="could not start"):
-            await ClaudeCodeExecutor(claude_bin=not_executable).run_turn(
+            await ClaudeCodeExecutor(claude_bin=not_executable, sandbox="off").run_turn(
                 lease, prompt="hi", model=None, checkpoint=None
             )
     assert type(crash.value) is AgentFailed and crash.value.status is None

@@ -33,6 +33,7 @@ from keystore.ratelimits import RateLimitSignal
 __all__ = [
     "AGENTS",
     "Executor",
+    "KeepPartial",
     "ProviderResponse",
     "Report",
     "TurnOutcome",
@@ -53,6 +54,9 @@ class ProviderResponse:
 
 
 Report = Callable[[ProviderResponse], Awaitable[None]]
+# Takes the executor state of a turn that ended without a result, as far as it got (an agent that
+# works in steps, such as the `claude` CLI, resumes from it instead of starting the turn over).
+KeepPartial = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class Executor(Protocol):
         model: str | None,
         checkpoint: dict[str, Any] | None,
         report: Report | None = None,
+        keep_partial: KeepPartial | None = None,
     ) -> TurnOutcome: ...
 
 

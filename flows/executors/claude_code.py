@@ -1,13 +1,22 @@
 """The `claude-code` agent: one headless `claude -p` run of the real CLI per turn.
 
     claude -p --output-format stream-json --verbose [--model M] [--resume <session_id>]
+           [the job's flags: --allowedTools ..., --permission-mode ..., ...]
     (the prompt on stdin: no argv size limit, and a prompt starting with `-` is not an option)
 
 Each turn gets a fresh private directory with HOME, CLAUDE_CONFIG_DIR and TMPDIR, deleted after
-the turn; the key goes only into the child's environment (subprocess_env.py). The checkpoint
-carries the session transcript (transcript.py), so the next turn resumes the same conversation
-on any key, in any process, on any machine. The working directory is the `workdir` option, or a
+the turn; the CLI runs in a sandbox (sandbox.py: bubblewrap, when the mode and the machine allow)
+and the key goes only into the child's environment (subprocess_env.py). The checkpoint carries
+the session transcript (transcript.py), so the next turn resumes the same conversation on any
+key, in any process, on any machine. The working directory is the `workdir` option, or a
 temporary directory per executor.
+
+A turn that ends without a successful result (a limit, an overload, a timeout, a crash, a
+cancelled turn) hands what it got done to `keep_partial` before it returns, raises or is
+cancelled: the session transcript as far as it got, repaired to a point a `--resume` can go on
+from (a tool call the CLI was killed in gets an "interrupted" result). The flow resumes that
+session on the next key with a prompt that restates the task, so no tool call that completed is
+made again.
 
 Outcome: whatever `parse_claude_code_output` classifies in the stream-json events (the
 `rate_limit_event` of a subscription, the `result` of an API-key 429, overload) is returned as
@@ -31,14 +40,22 @@ from typing import Any
 
 import anyio.to_thread
 
-from flows.executors.base import Report, TurnOutcome, TurnResult, check_prompt
+from flows.executors.base import KeepPartial, Report, TurnOutcome, TurnResult, check_prompt
 from flows.executors.claude_bin import ensure_claude_bin
 from flows.executors.cli_output import turn_failure, turn_usage, turn_utilization
 from flows.executors.cli_process import CliOutput, run_cli
 from flows.executors.errors import AgentFailed, ExecutorError, ProviderTimeout
 from flows.executors.redact import Redactor
+from flows.executors.sandbox import Sandbox, SandboxMode, read_from_sandbox
 from flows.executors.subprocess_env import check_extra_env, child_env
-from flows.executors.transcript import Session, find_transcript
+from flows.executors.transcript import (
+    Session,
+    find_transcript,
+    latest_transcript,
+    made_progress,
+    repair,
+)
+from flows.job import AgentJob
 from keystore.clock import Clock, utcnow
 from keystore.errors import InvalidInput
 from keystore.lease import Lease
@@ -78,6 +95,8 @@ class ClaudeCodeExecutor:
         base_url: str | None = None,
         default_model: str | None = None,
         timeout_s: float = 900.0,
+        job: AgentJob | None = None,
+        sandbox: SandboxMode = "auto",
         extra_args: Sequence[str] = (),
         extra_env: Mapping[str, str] | None = None,
         clock: Clock = utcnow,
@@ -87,12 +106,15 @@ class ClaudeCodeExecutor:
         owned = sorted({a.split("=", 1)[0] for a in extra_args} & _OWNED_FLAGS)
         if owned:
             raise InvalidInput(f"extra_args: the executor sets {', '.join(owned)} itself")
+        self.job = job or AgentJob()
+        self.job.check_dirs()
         self.extra_args = tuple(extra_args)
         self.extra_env = check_extra_env(extra_env or {})
         self.claude_bin = Path(claude_bin) if claude_bin is not None else None
         self.base_url = base_url
         self.default_model = default_model
         self.timeout_s = timeout_s
+        self.sandbox = Sandbox(sandbox)
         self._clock = clock
         if workdir is None:
             created = tempfile.mkdtemp(prefix="keyrelay-claude-work-")
@@ -104,7 +126,7 @@ class ClaudeCodeExecutor:
             raise InvalidInput(f"workdir: {self.workdir} is not a directory")
 
     def __repr__(self) -> str:
-        return f"ClaudeCodeExecutor(workdir={str(self.workdir)!r})"
+        return f"ClaudeCodeExecutor(workdir={str(self.workdir)!r}, sandbox={self.sandbox.mode!r})"
 
     async def _binary(self) -> Path:
         if self.claude_bin is None:
@@ -118,7 +140,7 @@ class ClaudeCodeExecutor:
             argv += ["--model", str(model or self.default_model)]
         if session is not None:
             argv += ["--resume", session.session_id]
-        return argv + list(self.extra_args)
+        return argv + self.job.to_cli_args() + list(self.extra_args)
 
     async def run_turn(
         self,
@@ -128,81 +150,118 @@ class ClaudeCodeExecutor:
         model: str | None,
         checkpoint: dict[str, Any] | None,
         report: Report | None = None,
+        keep_partial: KeepPartial | None = None,
     ) -> TurnOutcome:
         check_prompt(prompt)
         session = Session.from_checkpoint(checkpoint) if checkpoint is not None else None
         binary = await self._binary()
+        warning = await anyio.to_thread.run_sync(self.sandbox.check)
+        if warning is not None:
+            log.warning("%s", warning)
         with tempfile.TemporaryDirectory(
             prefix="keyrelay-claude-turn-", ignore_cleanup_errors=True
-        ) as turn:
-            home = Path(turn) / "home"
-            config_dir = home / ".claude"
-            tmp_dir = Path(turn) / "tmp"
-            for folder in (config_dir, tmp_dir):
-                folder.mkdir(parents=True)
+        ) as turn_dir:
+            turn = _TurnDirs(Path(turn_dir))
             if session is not None:
-                session.restore(config_dir=config_dir, cwd=self.workdir)
+                session.restore(config_dir=turn.config_dir, cwd=self.workdir)
             secret = lease.secret()
             redactor = Redactor(secret)
-            env = child_env(
-                secret=secret,
-                home=home,
-                config_dir=config_dir,
-                tmp_dir=tmp_dir,
-                base_url=self.base_url,
-                extra=self.extra_env,
-            )
-            del secret
-            output: CliOutput | None = None
-            failed_to_start: OSError | None = None
+            done = False
             try:
-                output = await run_cli(
-                    self._argv(binary, model, session),
-                    env=env,
-                    cwd=self.workdir,
-                    stdin=prompt.encode(),
-                    timeout_s=self.timeout_s,
+                output = await self._run_cli(binary, model, session, turn, secret, warning, prompt)
+                del secret
+                outcome = self._outcome(
+                    output,
+                    config_dir=turn.config_dir,
+                    lease=lease,
+                    redactor=redactor,
+                    received_at=self._clock(),
                 )
-            except TimeoutError:
-                pass
-            except OSError as exc:  # not executable, vanished, workdir gone
-                failed_to_start = exc
+                done = isinstance(outcome, TurnResult)
             finally:
-                env.clear()
-            if failed_to_start is not None:
-                raise AgentFailed(
-                    f"{AGENT} key {lease.key_id}: could not start {binary}: "
-                    f"{redactor.excerpt(str(failed_to_start))}",
-                    agent=AGENT,
-                    key_id=lease.key_id,
-                )
-            if output is None:
-                raise ProviderTimeout(
-                    f"{AGENT} key {lease.key_id}: no result within {self.timeout_s:g} s; "
-                    "the CLI was killed",
-                    agent=AGENT,
-                    key_id=lease.key_id,
-                )
-            outcome = self._outcome(
-                output,
-                config_dir=config_dir,
-                lease=lease,
-                redactor=redactor,
-                received_at=self._clock(),
-            )
+                if not done and keep_partial is not None:
+                    with anyio.CancelScope(shield=True):  # also when the turn was cancelled
+                        partial = self._partial(turn.config_dir, session, redactor)
+                        if partial is not None:
+                            await keep_partial(partial)
         if isinstance(outcome, ExecutorError):
             raise outcome
         return outcome
 
+    async def _run_cli(
+        self,
+        binary: Path,
+        model: str | None,
+        session: Session | None,
+        turn: _TurnDirs,
+        secret: str,
+        sandbox_warning: str | None,
+        prompt: str,
+    ) -> CliOutput | ExecutorError:
+        env = child_env(
+            secret=secret,
+            home=turn.home,
+            config_dir=turn.config_dir,
+            tmp_dir=turn.tmp_dir,
+            base_url=self.base_url,
+            extra=self.extra_env,
+        )
+        if self.sandbox.mode != "off" and sandbox_warning is None:
+            env["IS_SANDBOX"] = "1"  # the CLI allows bypassPermissions inside a sandbox only
+        writable = [turn.root, *(Path(d).resolve() for d in self.job.add_dirs)]
+        argv, wrapped = self.sandbox.wrap(
+            self._argv(binary, model, session), env, cwd=self.workdir, writable=writable
+        )
+        env.clear()
+        try:
+            return await run_cli(
+                argv, env=wrapped, cwd=self.workdir, stdin=prompt.encode(), timeout_s=self.timeout_s
+            )
+        except TimeoutError:
+            return ProviderTimeout(
+                f"{AGENT}: no result within {self.timeout_s:g} s; the CLI was killed", agent=AGENT
+            )
+        except OSError as exc:  # not executable, vanished, workdir gone
+            redactor = Redactor(secret)
+            return AgentFailed(
+                f"{AGENT}: could not start {binary}: {redactor.excerpt(str(exc))}", agent=AGENT
+            )
+        finally:
+            wrapped.clear()
+
+    def _partial(
+        self, config_dir: Path, session: Session | None, redactor: Redactor
+    ) -> dict[str, Any] | None:
+        """The session as far as the interrupted turn got, repaired for a resume; None when the
+        turn got nothing done beyond the checkpoint (a retry then starts it over cleanly)."""
+        found = latest_transcript(config_dir, session.session_id if session else None)
+        if found is None:
+            return None
+        path, session_id = found
+        try:
+            text = redactor.text(read_from_sandbox(path, within=config_dir))
+        except (InvalidInput, OSError, UnicodeDecodeError):
+            log.warning("the interrupted turn's transcript could not be read back")
+            return None
+        before = session.transcript if session is not None else ""
+        if not made_progress(text, since=before):
+            return None
+        repaired, interrupted = repair(text)
+        partial = Session(session_id=session_id, transcript=repaired, cwd_key=path.parent.name)
+        return {**partial.to_checkpoint(), "interrupted_tools": interrupted}
+
     def _outcome(
         self,
-        output: CliOutput,
+        output: CliOutput | ExecutorError,
         *,
         config_dir: Path,
         lease: Lease,
         redactor: Redactor,
         received_at: datetime,
     ) -> TurnOutcome | ExecutorError:
+        if isinstance(output, ExecutorError):
+            output.key_id = lease.key_id
+            return output
         signal = parse_claude_code_output(output.events, received_at=received_at)
         if signal is not None:
             log.debug("claude turn on key %s: %s signal", lease.key_id, signal.kind)
@@ -222,7 +281,7 @@ class ClaudeCodeExecutor:
             )
         session = Session(
             session_id=str(session_id),
-            transcript=redactor.text(path.read_text(encoding="utf-8")),
+            transcript=redactor.text(read_from_sandbox(path, within=config_dir)),
             cwd_key=path.parent.name,
         )
         reply = result.get("result")
@@ -232,3 +291,15 @@ class ClaudeCodeExecutor:
             utilization=turn_utilization(output.events),
             usage=turn_usage(result),
         )
+
+
+class _TurnDirs:
+    """A turn's private directories: HOME (with CLAUDE_CONFIG_DIR inside) and TMPDIR."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.home = root / "home"
+        self.config_dir = self.home / ".claude"
+        self.tmp_dir = root / "tmp"
+        for folder in (self.config_dir, self.tmp_dir):
+            folder.mkdir(parents=True)

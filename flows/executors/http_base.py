@@ -9,7 +9,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from flows.executors.base import ProviderResponse, Report, TurnOutcome, TurnResult, check_prompt
+from flows.executors.base import (
+    KeepPartial,
+    ProviderResponse,
+    Report,
+    TurnOutcome,
+    TurnResult,
+    check_prompt,
+)
 from flows.executors.conversation import conversation_from, extended
 from flows.executors.errors import ExecutorError
 from flows.executors.http_failures import connection_failure, error_body, status_failure
@@ -70,6 +77,7 @@ class HttpExecutor(ABC):
         model: str | None,
         checkpoint: dict[str, Any] | None,
         report: Report | None = None,
+        keep_partial: KeepPartial | None = None,  # one call: nothing done before it ends
     ) -> TurnOutcome:
         check_prompt(prompt)
         history = conversation_from(checkpoint)
