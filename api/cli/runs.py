@@ -43,6 +43,32 @@ def run(
         list[str] | None, typer.Option(help="Prompt of turn 2, 3, ... (repeat the option).")
     ] = None,
     label: Annotated[str | None, typer.Option(help="Free text shown with the run.")] = None,
+    workdir: Annotated[
+        str | None,
+        typer.Option(help="claude-code: an existing directory on the worker to work in."),
+    ] = None,
+    allowed_tools: Annotated[
+        list[str] | None,
+        typer.Option(
+            help='claude-code: a tool rule the agent may use, e.g. "Bash(git:*)" (repeat).'
+        ),
+    ] = None,
+    disallowed_tools: Annotated[
+        list[str] | None, typer.Option(help="claude-code: a tool rule it may not use (repeat).")
+    ] = None,
+    permission_mode: Annotated[
+        str | None,
+        typer.Option(help="claude-code: default, acceptEdits, plan or bypassPermissions."),
+    ] = None,
+    append_system_prompt: Annotated[
+        str | None, typer.Option(help="claude-code: text appended to the system prompt.")
+    ] = None,
+    max_turns: Annotated[
+        int | None, typer.Option(min=1, help="claude-code: the CLI's own turns per run turn.")
+    ] = None,
+    add_dirs: Annotated[
+        list[str] | None, typer.Option(help="claude-code: another directory it may use (repeat).")
+    ] = None,
     deployment: Annotated[str, typer.Option(help="flow-name/deployment-name")] = DEPLOYMENT,
     wait: Annotated[bool, typer.Option(help="Wait for the run to finish and print it.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -57,6 +83,20 @@ def run(
         parameters["followups"] = followup
     if label:
         parameters["run_label"] = label
+    job = {
+        "workdir": workdir,
+        "allowed_tools": allowed_tools,
+        "disallowed_tools": disallowed_tools,
+        "permission_mode": permission_mode,
+        "append_system_prompt": append_system_prompt,
+        "max_turns": max_turns,
+        "add_dirs": add_dirs,
+    }
+    given = {name: value for name, value in job.items() if value}
+    if given and agent != "claude-code":
+        names = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+        raise CliInputError(f"{names}: only the claude-code agent takes these, not {agent}")
+    parameters |= given
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 

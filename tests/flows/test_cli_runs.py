@@ -75,6 +75,16 @@ def test_keyrelay_serve_and_run(flow_env: FlowEnv, tmp_path: Path) -> None:
         )
         assert bad.returncode != 0 and bad.stderr.startswith("error: --agent must be one of")
         assert "Traceback" not in bad.stderr
+        refused = subprocess.run(
+            [KEYRELAY, "run", "x", "--agent", "openai", "--workdir", str(tmp_path)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode != 0
+        assert "--workdir: only the claude-code agent takes these" in refused.stderr
     finally:
         serve.terminate()
         serve.wait(timeout=30)
