@@ -253,10 +253,12 @@ async def agent_turn(
     )
     if not isinstance(outcome, Served):
         await attempt.went(outcome, event)
-    return Completed(data=outcome, name=STATE_NAMES[type(outcome)], message=_why(outcome))
+    name = STATE_NAMES[type(outcome)]
+    return Completed(data=outcome, name=name, message=_why(outcome, attempt))
 
 
-def _why(outcome: Outcome) -> str | None:
+def _why(outcome: Outcome, attempt: _Attempt) -> str | None:
     if isinstance(outcome, Served):
-        return None
+        done = attempt.checkpoint.turns[-1]
+        return f"served on key {done.key_id} ({done.key_name})"
     return outcome.why[:2000]

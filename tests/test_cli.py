@@ -306,3 +306,24 @@ def test_emulate_serves_the_emulator(cli: Cli, tmp_path: Path) -> None:
         cli, log, "emulate", "--config", str(config), env={}, probe="/_admin/config"
     ):
         assert http.get("/_admin/config").json()["log_capacity"] == 5
+
+
+def test_keys_status_watch_refreshes_until_interrupted(cli: Cli) -> None:
+    cli("keys", "add", "--provider", "openai", "--name", "first", stdin=secret_for("first"))
+    watching = subprocess.Popen(
+        [*COMMAND, "keys", "status", "--watch", "--interval", "0.5"],
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(4)  # the first table is up (the keystore import takes a while)
+        cli("keys", "add", "--provider", "openai", "--name", "second", stdin=secret_for("second"))
+        time.sleep(2)  # a refresh or more later
+    finally:
+        watching.send_signal(2)  # Ctrl-C
+        out, err = watching.communicate(timeout=30)
+    assert watching.returncode == 0, err
+    assert "first" in out and "second" in out  # the table was redrawn with the new key
+    assert cli("keys", "status", "--watch", "--json").code != 0

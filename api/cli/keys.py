@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import time
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Group
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
-from api.cli.output import JsonFlag, console, emit_json, print_key, print_keys, when
+if TYPE_CHECKING:
+    from keystore import PoolStatus
+
+from api.cli.errors import CliInputError
+from api.cli.output import JsonFlag, console, emit_json, key_table, print_key, print_keys, when
 from api.cli.store import open_store, read_secret
 
 app = typer.Typer(help="Add, list, change and remove provider keys.", no_args_is_help=True)
@@ -53,13 +61,7 @@ def list_keys(
     print_keys(open_store().list_keys(provider), as_json=json_output)
 
 
-@app.command("status")
-def pool_status(json_output: JsonFlag = False) -> None:
-    """Per provider: available, busy, cooling and disabled keys, and the earliest reset."""
-    status = open_store().status()
-    if json_output:
-        emit_json(status)
-        return
+def _status_view(status: PoolStatus) -> Group:
     table = Table(title="pool")
     for column in ("provider", "total", "available", "busy", "cooling", "disabled"):
         table.add_column(column, justify="left" if column == "provider" else "right")
@@ -67,8 +69,35 @@ def pool_status(json_output: JsonFlag = False) -> None:
     for provider, counts in status.providers.items():
         numbers = (counts.total, counts.available, counts.busy, counts.cooling, counts.disabled)
         table.add_row(provider, *map(str, numbers), when(counts.earliest_reset))
-    console.print(table)
-    print_keys(status.keys, as_json=False, title="keys")
+    keys = key_table(status.keys, title="keys") if status.keys else Text("no keys")
+    return Group(table, keys)
+
+
+@app.command("status")
+def pool_status(
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.5, help="Seconds between refreshes with --watch.")
+    ] = 2.0,
+    json_output: JsonFlag = False,
+) -> None:
+    """Per provider: available, busy, cooling and disabled keys, and the earliest reset."""
+    store = open_store()
+    if json_output:
+        if watch:
+            raise CliInputError("--watch shows a live table: leave out --json")
+        emit_json(store.status())
+        return
+    if not watch:
+        console.print(_status_view(store.status()))
+        return
+    with Live(_status_view(store.status()), console=console, auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(_status_view(store.status()), refresh=True)
+        except KeyboardInterrupt:
+            pass
 
 
 @app.command("update")

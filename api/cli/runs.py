@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from api.cli.errors import CliInputError
+from api.cli.follow import follow_run
 from api.cli.store import open_store
 
 __all__ = ["register"]
@@ -70,7 +71,9 @@ def run(
         list[str] | None, typer.Option(help="claude-code: another directory it may use (repeat).")
     ] = None,
     deployment: Annotated[str, typer.Option(help="flow-name/deployment-name")] = DEPLOYMENT,
-    wait: Annotated[bool, typer.Option(help="Wait for the run to finish and print it.")] = False,
+    wait: Annotated[
+        bool, typer.Option(help="Follow the run (a line per attempt) until it ends, then print it.")
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Start an agent run through the Prefect API (like `prefect deployment run`)."""
@@ -100,8 +103,12 @@ def run(
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
-    flow_run = run_deployment(deployment, parameters=parameters, timeout=None if wait else 0)
+    flow_run = run_deployment(deployment, parameters=parameters, timeout=0)
     assert isinstance(flow_run, FlowRun)  # called outside an event loop: not a coroutine
+    if wait:
+        # --json keeps stdout for the summary: the progress lines go to stderr then.
+        progress = Console(stderr=True, highlight=False) if json_output else console
+        flow_run = follow_run(flow_run.id, console=progress)
     state = flow_run.state
     summary: dict[str, Any] = {
         "flow_run_id": str(flow_run.id),

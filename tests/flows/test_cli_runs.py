@@ -60,6 +60,10 @@ def test_keyrelay_serve_and_run(flow_env: FlowEnv, tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         summary = json.loads(done.stdout)
         assert summary["state"] == "Completed"
+        # --wait followed the run: a line per attempt (on stderr, stdout is the JSON)
+        assert f"turn 1 on anthropic: Completed: served on key {key} (a)" in done.stderr
+        assert f"turn 2 on anthropic: Completed: served on key {key} (a)" in done.stderr
+        assert "Completed" in done.stderr.splitlines()[-1]
         assert [(t["turn"], t["key_id"]) for t in summary["turns"]] == [(1, key), (2, key)]
         assert [e.last_user_text for e in flow_env.emulator.admin.log()] == [
             "hello from the cli",
