@@ -16,22 +16,57 @@ from api.demo.options import AGENTS, DemoOptions
 __all__ = ["register"]
 
 _DEFAULT = DemoOptions()
+_JOB = DemoOptions.for_agent("claude-code")
+
+
+def _defaults(field: str) -> str:
+    """The default for the emulated agents, and the claude-code demo's when it differs."""
+    plain, job = getattr(_DEFAULT, field), getattr(_JOB, field)
+    return f"[default: {plain:g}; {job:g} with claude-code]" if plain != job else ""
 
 
 def demo(
-    runs: Annotated[int, typer.Option(min=1, max=50, help="Flow runs to launch.")] = _DEFAULT.runs,
-    steps: Annotated[int, typer.Option(min=1, max=20, help="Turns per run.")] = _DEFAULT.steps,
+    runs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=50,
+            help=f"Flow runs to launch. {_defaults('runs')}",
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=20,
+            help=f"Turns per run. {_defaults('steps')}",
+        ),
+    ] = None,
     window: Annotated[
-        float, typer.Option(min=1.0, max=600.0, help="Each key's rate-limit window, seconds.")
-    ] = _DEFAULT.window_s,
+        float | None,
+        typer.Option(
+            min=1.0,
+            max=600.0,
+            help=f"Each key's rate-limit window, seconds. {_defaults('window_s')}",
+        ),
+    ] = None,
     requests: Annotated[
         int, typer.Option(min=1, max=100, help="Requests each key may make per window.")
     ] = _DEFAULT.requests,
     limit: Annotated[
-        int, typer.Option(min=1, max=20, help="Flow runs the serve process runs at once.")
-    ] = _DEFAULT.limit,
+        int | None,
+        typer.Option(
+            min=1,
+            max=20,
+            help=f"Flow runs the serve process runs at once. {_defaults('limit')}",
+        ),
+    ] = None,
     agent: Annotated[
-        str, typer.Option(help="anthropic or openai (both emulated).")
+        str,
+        typer.Option(
+            help="anthropic or openai (emulated), or claude-code: the real claude CLI on a "
+            f"job of {_JOB.job_steps} tool calls in one turn, in a temporary directory."
+        ),
     ] = _DEFAULT.agent,
     timeout: Annotated[
         float, typer.Option(min=10.0, help="Fail when the runs are not done after this (s).")
@@ -50,13 +85,13 @@ def demo(
 
     if agent not in AGENTS:
         raise CliInputError(f"--agent: expected one of {', '.join(AGENTS)}, got {agent!r}")
-    options = DemoOptions(
+    options = DemoOptions.for_agent(
+        agent,  # one of AGENTS, checked above
         runs=runs,
         steps=steps,
         window_s=window,
         requests=requests,
         limit=limit,
-        agent=agent,  # one of AGENTS, checked above
         timeout_s=timeout,
     )
     width = None if sys.stdout.isatty() else 120

@@ -8,8 +8,9 @@ from typing import Literal
 
 __all__ = ["AGENTS", "DEMO_KEYS", "DemoAgent", "DemoOptions"]
 
-DemoAgent = Literal["anthropic", "openai"]
-AGENTS: tuple[DemoAgent, ...] = ("anthropic", "openai")
+DemoAgent = Literal["anthropic", "openai", "claude-code"]
+AGENTS: tuple[DemoAgent, ...] = ("anthropic", "openai", "claude-code")
+JOB_FILE = "progress.txt"  # what the claude-code job's tool steps append to
 DEMO_KEYS = (("alpha", 1), ("beta", 2), ("gamma", 3))  # name, priority (lower is preferred)
 
 
@@ -27,6 +28,18 @@ class DemoOptions:
     reply_delay_s: float = 0.2  # every emulator answer takes this long: turns overlap visibly
     inline_wait_max_s: float = 1.0  # resets further away than this defer the run
     timeout_s: float = 300.0  # the runs must all finish within this
+    job_steps: int = 8  # claude-code: tool calls in the job's one turn
+
+    @classmethod
+    def for_agent(cls, agent: DemoAgent, **given: object) -> DemoOptions:
+        """The defaults of `agent`'s demo, with what the caller gave (None: the default). The
+        claude-code demo is one job of many tool calls in one turn: the real CLI, through a
+        rotation in the middle of the turn and a deferral."""
+        defaults: dict[str, object] = {}
+        if agent == "claude-code":
+            defaults = {"runs": 1, "steps": 1, "limit": 1, "window_s": 15.0, "reply_delay_s": 0.0}
+        chosen = {k: v for k, v in given.items() if v is not None}
+        return cls(agent=agent, **{**defaults, **chosen})  # type: ignore[arg-type]
 
     @property
     def capacity_per_window(self) -> int:

@@ -7,13 +7,19 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from api.demo.options import DEMO_KEYS, DemoOptions
-from api.emulator import EmulatorConfig, LimitRule
+from api.demo.options import DEMO_KEYS, JOB_FILE, DemoOptions
+from api.emulator import AgentScript, EmulatorConfig, LimitRule
 from keystore import KeyPublic, Keystore
 
 __all__ = ["emulator_config", "run_parameters", "seed_keystore"]
 
-SECRET_PREFIX = {"anthropic": "sk-ant-api03-demo-", "openai": "sk-proj-demo-"}
+# claude-code keys are API keys here (the CLI sends them as x-api-key): the emulator gives them
+# the request windows an organisation's API keys have.
+SECRET_PREFIX = {
+    "anthropic": "sk-ant-api03-demo-",
+    "openai": "sk-proj-demo-",
+    "claude-code": "sk-ant-api03-demo-",
+}
 TOPICS = ("tides", "volcanoes", "glaciers", "comets", "coral reefs", "auroras", "deserts", "caves")
 
 
@@ -28,6 +34,11 @@ def emulator_config(options: DemoOptions) -> EmulatorConfig:
             )
         ],
         reply_delay_s=options.reply_delay_s,
+        agent=(
+            AgentScript.appending_steps(options.job_steps, file_name=JOB_FILE)
+            if options.agent == "claude-code"
+            else None
+        ),
     )
 
 
@@ -47,8 +58,19 @@ def seed_keystore(store: Keystore, options: DemoOptions) -> list[KeyPublic]:
     ]
 
 
-def run_parameters(index: int, options: DemoOptions) -> dict[str, Any]:
+def run_parameters(index: int, options: DemoOptions, *, job_dir: str) -> dict[str, Any]:
     """Parameters of the agent-run flow for run `index` (1-based)."""
+    if options.agent == "claude-code":
+        return {
+            "prompt": (
+                f"Work through the {options.job_steps} steps of the task: for each, append a line "
+                f"`step<n>` to {JOB_FILE} with one Bash command."
+            ),
+            "agent": "claude-code",
+            "run_label": f"demo-{index}",
+            "workdir": job_dir,
+            "allowed_tools": ["Bash"],
+        }
     topic = TOPICS[(index - 1) % len(TOPICS)]
     followups = [f"Now a detail about {topic} most people miss (part {n})." for n in range(2, 5)]
     return {

@@ -62,6 +62,8 @@ def run_demo(
             kept=keep,
             workdir=str(stack.workdir),
             pids=stack.pids,
+            job_dir=stack.job_dir if options.agent == "claude-code" else None,
+            job_steps=options.job_steps,
         )
         on_summary(summary)
         if keep:
@@ -91,7 +93,7 @@ async def _launch_and_watch(stack: DemoStack, options: DemoOptions, console: Con
             flow_run = await arun_deployment(
                 DEPLOYMENT,
                 client=client,
-                parameters=run_parameters(index, options),
+                parameters=run_parameters(index, options, job_dir=str(stack.job_dir)),
                 flow_run_name=name,
                 timeout=0,
                 as_subflow=False,

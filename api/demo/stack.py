@@ -15,6 +15,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -27,6 +28,7 @@ import httpx
 from api.demo.processes import (
     MARKER_VAR,
     ChildProcess,
+    DemoError,
     free_port,
     kill_marked,
     sigint_deferred,
@@ -49,6 +51,7 @@ _FOREIGN = ("PREFECT_", "KEYRELAY_", "ANTHROPIC_", "OPENAI_", "CLAUDE_CODE_")
 @dataclass
 class DemoStack:
     workdir: Path
+    job_dir: Path  # the claude-code job's working directory
     ui_url: str  # the Prefect server (UI at the root, API under /api)
     env: dict[str, str]  # what the serve process and its flow runs see
     emulator: RunningEmulator
@@ -124,8 +127,11 @@ def demo_stack(
             emulator = resources.enter_context(serve_emulator(emulator_config(options)))
             master = MasterKey.generate()
             env = _base_env(workdir, marker)
+            job_dir = workdir / "job"  # the claude-code job's repository, as a user would give it
+            job_dir.mkdir()
             env |= {
                 "KEYRELAY_HOME": str(workdir / "keyrelay"),
+                "KEYRELAY_RUNS_DIR": str(workdir / "runs"),
                 "KEYRELAY_DATABASE_URL": f"sqlite:///{workdir / 'keystore.db'}",
                 "KEYRELAY_MASTER_KEY": master,
                 "ANTHROPIC_BASE_URL": emulator.base_url,
@@ -153,6 +159,8 @@ def demo_stack(
                 what="the Prefect server did not start",
             )
             root = _project_root()
+            if options.agent == "claude-code":
+                env["KEYRELAY_CLAUDE_BIN"] = _claude_bin(env, root, say)
             env["PREFECT_API_URL"] = f"{ui_url}/api"
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
             argv = [sys.executable, "-m", "deployments.serve", "--limit", str(options.limit)]
@@ -166,6 +174,7 @@ def demo_stack(
             )
             yield DemoStack(
                 workdir=workdir,
+                job_dir=job_dir,
                 ui_url=ui_url,
                 env=env,
                 emulator=emulator,
@@ -181,6 +190,23 @@ def demo_stack(
             say(f"stopped everything the demo started{strays}{kept}")
             if not keep_files:
                 shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _claude_bin(env: dict[str, str], root: Path, say: Callable[[str], None]) -> str:
+    """The real `claude` CLI, installed once into the cache if it is not there (~400 MB from
+    npm), located by the flows' own installer run as a program (the demo imports no flows)."""
+    say("locating the claude CLI (installed from npm on first use, which takes a few minutes)")
+    found = subprocess.run(
+        [sys.executable, "-m", "flows.executors.claude_bin"],
+        cwd=root,
+        env={**env, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if found.returncode != 0:
+        raise DemoError(f"the claude CLI is not available: {found.stderr.strip()[-500:]}")
+    return found.stdout.strip().splitlines()[-1]
 
 
 def _server_env(env: dict[str, str]) -> dict[str, str]:

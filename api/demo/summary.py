@@ -4,6 +4,7 @@ ever served over its limit: it must not)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from statistics import fmean
 
 from pydantic import BaseModel
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from api.demo.observe import Snapshot
+from api.demo.options import JOB_FILE
 from api.emulator import RunningEmulator
 from keystore import Keystore
 
@@ -40,6 +42,22 @@ class DemoSummary(BaseModel):
     kept: bool  # --keep: everything is still running
     workdir: str
     pids: list[int]  # the child processes the demo started (all stopped unless kept)
+    # claude-code: the files the job made in its working directory, and whether each of its
+    # tool steps left its line exactly once, in order (a step run twice would show twice)
+    job_files: dict[str, str] = {}
+    job_steps_once: bool | None = None
+
+
+def _job(job_dir: Path | None, steps: int) -> tuple[dict[str, str], bool | None]:
+    if job_dir is None:
+        return {}, None
+    files = {
+        str(path.relative_to(job_dir)): path.read_text(errors="replace")[:2000]
+        for path in sorted(job_dir.rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    }
+    lines = files.get(JOB_FILE, "").splitlines()
+    return files, lines == [f"step{n}" for n in range(1, steps + 1)]
 
 
 def summarize(
@@ -52,6 +70,8 @@ def summarize(
     kept: bool,
     workdir: str,
     pids: list[int],
+    job_dir: Path | None = None,
+    job_steps: int = 0,
 ) -> DemoSummary:
     def count(kind: str) -> int:
         return len(store.audit_events(limit=10_000, type=kind))
@@ -64,6 +84,7 @@ def summarize(
     keys = emulator.admin.keys()
     buckets = emulator.admin.buckets()
     completed = sum(run.completed for run in snapshot.runs)
+    job_files, job_steps_once = _job(job_dir, job_steps)
     return DemoSummary(
         runs=len(snapshot.runs),
         completed=completed,
@@ -85,6 +106,8 @@ def summarize(
         kept=kept,
         workdir=workdir,
         pids=pids,
+        job_files=job_files,
+        job_steps_once=job_steps_once,
     )
 
 
@@ -124,6 +147,11 @@ def print_summary(summary: DemoSummary, console: Console) -> None:
             "Lateness includes waiting for a free slot of the serve process (--limit) and for "
             "a flow-run process to start: runs due at the same reset queue for the slots."
         )
+    for name, content in summary.job_files.items():
+        console.print(f"[bold]{name}[/] (made by the agent's tool calls):\n{content.rstrip()}")
+    if summary.job_steps_once is not None:
+        verdict = "yes" if summary.job_steps_once else "[bold red]NO[/]"
+        console.print(f"each tool step ran exactly once, in order: {verdict}")
     failed = [
         f"{name} {state}" for name, state in summary.run_states.items() if state != "Completed"
     ]

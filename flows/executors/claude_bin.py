@@ -167,3 +167,11 @@ def _check_version(executable: Path, *, version: str, runner: Runner) -> None:
             f"{executable} --version said {result.stdout.strip()!r} (exit {result.returncode}), "
             f"expected {version}"
         )
+
+
+# `python -m flows.executors.claude_bin` prints the executable's path, installing it if needed.
+if __name__ == "__main__":
+    try:
+        print(ensure_claude_bin())
+    except ClaudeBinaryUnavailable as exc:
+        raise SystemExit(f"error: {exc}") from None
