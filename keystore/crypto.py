@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from keystore.errors import MasterKeyError
+from keystore.private_files import make_private_dir
 
 __all__ = ["MasterKey", "fingerprint", "mask"]
 
@@ -131,7 +132,7 @@ def _read_or_create(key_file: Path) -> list[bytes]:
     if key_file.exists():
         _check_permissions(key_file)
         return _parse_keys(key_file.read_text(), origin=str(key_file))
-    key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dir(key_file.parent)
     key = Fernet.generate_key()
     try:
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1,6 +1,9 @@
 """Engine and transactions. SQLite (WAL, busy timeout, BEGIN IMMEDIATE) by default, PostgreSQL by
 URL. The schema is owned by Alembic: `upgrade()` runs at open, never `create_all`.
 
+Files are created 0600 and directories 0700 (see private_files.py); a keystore file created 0644
+by an earlier keyrelay is tightened when it is opened.
+
 `Database` is how the keystore talks to it: read transactions, write transactions that carry an
 audit writer, and single autocommitted statements for the lease hot path. All three retry what is
 worth retrying (a dropped connection, a deadlock or serialization failure) with bounded backoff,
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -26,6 +30,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from keystore.audit import AuditEventPublic, AuditWriter
+from keystore.private_files import (
+    create_private_file,
+    make_private_dir,
+    open_private_lock,
+    tighten,
+)
 
 __all__ = [
     "Database",
@@ -72,7 +82,13 @@ def create_keystore_engine(url: str, **kwargs: Any) -> Engine:
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
     database = make_url(url).database
     if database and database != ":memory:":
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = Path(database)
+        if path.exists():
+            for file in (path, *_companions(path)):
+                tighten(file)
+        else:
+            make_private_dir(path.parent)
+            create_private_file(path)  # before SQLite creates it with the umask's 0644
     engine = create_engine(
         url,
         connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
@@ -128,12 +144,8 @@ def _sqlite_writer_queue(engine: Engine) -> Iterator[None]:
     if not database or database == ":memory:":
         yield
         return
-    with open(f"{database}-writelock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with _file_lock(Path(f"{database}-writelock")):
+        yield
 
 
 @contextlib.contextmanager
@@ -187,13 +199,35 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
     if not database or database == ":memory:":
         yield
         return
-    lock_path = Path(database).expanduser().with_suffix(".migrate.lock")
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with _file_lock(_migration_lock_path(Path(database))):
+        yield
+
+
+@contextlib.contextmanager
+def _file_lock(lock_path: Path) -> Iterator[None]:
+    fd = open_private_lock(lock_path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _migration_lock_path(path: Path) -> Path:
+    return path.with_suffix(".migrate.lock")
+
+
+def _companions(path: Path) -> list[Path]:
+    """The files SQLite and keyrelay keep next to a keystore file."""
+    return [
+        Path(f"{path}-wal"),
+        Path(f"{path}-shm"),
+        Path(f"{path}-writelock"),
+        _migration_lock_path(path),
+    ]
 
 
 def upgrade_database(url: str) -> str:
