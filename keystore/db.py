@@ -1,8 +1,12 @@
 """Engine and transactions. SQLite (WAL, busy timeout, BEGIN IMMEDIATE) by default, PostgreSQL by
 URL. The schema is owned by Alembic: `upgrade()` runs at open, never `create_all`.
 
-Files are created 0600 and directories 0700 (see private_files.py); a keystore file created 0644
-by an earlier keyrelay is tightened when it is opened.
+Opening a keystore (checks, a first creation, never a silent re-creation) is opening.py; the
+SQLite file itself is sqlite_file.py. An engine made with `must_exist` (every engine opening.py
+makes) never creates the file (SQLite opens it `mode=rw`) and checks at each transaction that the
+file at the path is still the one it opened. SQLite failures about the file rather than the
+statement (gone, damaged) become KeystoreUnavailable errors naming the path. Every file is created
+0600 and every directory 0700 (private_files.py).
 
 `Database` is how the keystore talks to it: read transactions, write transactions that carry an
 audit writer, and single autocommitted statements for the lease hot path. All three retry what is
@@ -12,14 +16,13 @@ in one place (`_retrying`)."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
@@ -30,11 +33,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from keystore.audit import AuditEventPublic, AuditWriter
-from keystore.private_files import (
-    create_private_file,
-    make_private_dir,
-    open_private_lock,
-    tighten,
+from keystore.private_files import create_private_file, make_private_dir
+from keystore.sqlite_file import (
+    check_same_file,
+    file_error,
+    file_identity,
+    file_lock,
+    migration_lock_path,
+    sqlite_path,
 )
 
 __all__ = [
@@ -44,7 +50,6 @@ __all__ = [
     "normalize_url",
     "transaction",
     "upgrade",
-    "upgrade_database",
 ]
 
 T = TypeVar("T")
@@ -67,10 +72,12 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_keystore_engine(url: str, **kwargs: Any) -> Engine:
+def create_keystore_engine(url: str, *, must_exist: bool = False, **kwargs: Any) -> Engine:
+    """An engine on `url`. SQLite: a missing file is created (0600) unless `must_exist`, in which
+    case the engine never creates one (`open_database` decides that, once, with the checks)."""
     url = normalize_url(url)
     if make_url(url).get_backend_name() == "sqlite":
-        return _sqlite_engine(url, **kwargs)
+        return _sqlite_engine(url, must_exist=must_exist, **kwargs)
     # No pre-ping: it costs a round trip per transaction on the hot path. Dropped connections are
     # recycled and a transaction that hits one is retried by the keystore.
     kwargs.setdefault("pool_recycle", 1800)
@@ -79,24 +86,27 @@ def create_keystore_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
-def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
-    database = make_url(url).database
-    if database and database != ":memory:":
-        path = Path(database)
-        if path.exists():
-            for file in (path, *_companions(path)):
-                tighten(file)
-        else:
-            make_private_dir(path.parent)
-            create_private_file(path)  # before SQLite creates it with the umask's 0644
+def _sqlite_engine(url: str, *, must_exist: bool, **kwargs: Any) -> Engine:
+    path = sqlite_path(url)
+    if path is not None and not must_exist and not path.exists():
+        make_private_dir(path.parent)
+        create_private_file(path)  # before SQLite creates it with the umask's 0644
     engine = create_engine(
         url,
         connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         **kwargs,
     )
 
+    if path is not None and must_exist:
+
+        @event.listens_for(engine, "do_connect")
+        def _open_existing(_dialect: Any, _record: Any, cargs: list[Any], cparams: Any) -> None:
+            # mode=rw: a file deleted under us is an error, never a new empty keystore.
+            cargs[:] = [f"file:{quote(str(path))}?mode=rw"]
+            cparams["uri"] = True
+
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
         # Let SQLAlchemy's "begin" event below decide how transactions start.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
@@ -105,15 +115,25 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
         cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        if path is not None:
+            record.info["keyrelay_file"] = file_identity(path)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
+        if path is not None:
+            check_same_file(path, conn.connection.info.get("keyrelay_file"))
         # Writers take the write lock up front, so two of them never both read "a free slot" and
         # then race to take it; readers use a plain deferred BEGIN and never block writers (WAL).
         if conn.get_execution_options().get("keyrelay_readonly"):
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        error = file_error(context.original_exception, path)
+        if error is not None:
+            raise error
 
     return engine
 
@@ -144,7 +164,7 @@ def _sqlite_writer_queue(engine: Engine) -> Iterator[None]:
     if not database or database == ":memory:":
         yield
         return
-    with _file_lock(Path(f"{database}-writelock")):
+    with file_lock(Path(f"{database}-writelock")):
         yield
 
 
@@ -171,7 +191,7 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
+    with connect_read(engine) as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
@@ -195,51 +215,12 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
                 conn.commit()
         return
-    database = engine.url.database
-    if not database or database == ":memory:":
+    path = sqlite_path(engine.url.render_as_string(hide_password=False))
+    if path is None:
         yield
         return
-    with _file_lock(_migration_lock_path(Path(database))):
+    with file_lock(migration_lock_path(path)):
         yield
-
-
-@contextlib.contextmanager
-def _file_lock(lock_path: Path) -> Iterator[None]:
-    fd = open_private_lock(lock_path)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _migration_lock_path(path: Path) -> Path:
-    return path.with_suffix(".migrate.lock")
-
-
-def _companions(path: Path) -> list[Path]:
-    """The files SQLite and keyrelay keep next to a keystore file."""
-    return [
-        Path(f"{path}-wal"),
-        Path(f"{path}-shm"),
-        Path(f"{path}-writelock"),
-        _migration_lock_path(path),
-    ]
-
-
-def upgrade_database(url: str) -> str:
-    """Bring the keystore at `url` to the newest schema; returns the revision it is at."""
-    engine = create_keystore_engine(url)
-    try:
-        upgrade(engine)
-        revision = current_revision(engine)
-    finally:
-        engine.dispose()
-    assert revision is not None
-    return revision
 
 
 def _transient(exc: DBAPIError, dialect: str) -> bool:

@@ -50,11 +50,24 @@ class Settings(BaseSettings):
 
     @cached_property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.home / 'keystore.db'}"
+        return self.database_url or self.default_database_url
+
+    @property
+    def default_database_url(self) -> str:
+        return f"sqlite:///{self.home / 'keystore.db'}"
 
     @property
     def master_key_file(self) -> Path:
+        return self.home_master_key_file
+
+    @property
+    def home_master_key_file(self) -> Path:
         return self.home / "master.key"
+
+    def keystore_traces(self, url: str) -> list[Path]:
+        """Files besides its own that show a keystore existed at `url`: the home's master key
+        file, for the keystore of that home (another URL may be a deliberately new keystore)."""
+        return [self.home_master_key_file] if url == self.default_database_url else []
 
     @property
     def resolved_api_auth_failure_limit(self) -> str:

@@ -28,12 +28,13 @@ from keystore import checkpoints, cooling, keys, leases, rekey, views, waits
 from keystore.clock import Clock, utcnow
 from keystore.config import RotationConfig, load_config, save_config, updated_config
 from keystore.crypto import MasterKey
-from keystore.db import Database, create_keystore_engine, upgrade
+from keystore.db import Database
 from keystore.errors import InvalidInput, KeyNotFound, LeaseLost, MasterKeyError, NoKeyAvailable
 from keystore.keepalive import KeepAlive
 from keystore.lease import Lease
 from keystore.migrate import migrate_env_tokens
 from keystore.models import KEY_ID_MAX, PROVIDERS, AuditEventPublic, KeyCreate, KeyPublic, KeyUpdate
+from keystore.opening import open_database
 from keystore.ratelimits.signal import RateLimitSignal
 from keystore.settings import Settings
 from keystore.views import Explanation, PoolStatus
@@ -430,12 +431,19 @@ def open_keystore(
     migrate: bool = True,
 ) -> Keystore:
     """Open (and by default upgrade) the keystore at `url`, else at KEYRELAY_DATABASE_URL, else
-    SQLite under KEYRELAY_HOME."""
+    SQLite under KEYRELAY_HOME.
+
+    Never silently starts afresh: a keystore that is missing, empty or damaged where one existed
+    raises KeystoreUnavailable (see keystore/opening.py); only a first keystore is created
+    without a word."""
     settings = settings or Settings()
-    engine = create_keystore_engine(url or settings.resolved_database_url)
-    if migrate:
-        upgrade(engine)
-    if master_key is None:
-        env_value = settings.master_key.get_secret_value() if settings.master_key else None
-        master_key = MasterKey.load(env_value=env_value, key_file=settings.master_key_file)
+    url = url or settings.resolved_database_url
+    engine = open_database(url, migrate=migrate, traces=settings.keystore_traces(url))
+    try:
+        if master_key is None:
+            env_value = settings.master_key.get_secret_value() if settings.master_key else None
+            master_key = MasterKey.load(env_value=env_value, key_file=settings.master_key_file)
+    except BaseException:
+        engine.dispose()
+        raise
     return Keystore(engine, master_key, clock=clock)

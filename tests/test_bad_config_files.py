@@ -1,17 +1,30 @@
-"""The files of a keystore: private from the start, whatever the umask."""
+"""A keystore that is missing, empty or damaged: clear errors naming the file, never a silent new
+keystore; and its files private from the start. Real SQLite files throughout; PostgreSQL where
+the fault is not about a file."""
 
 from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import stat
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import create_engine, text
 
 from keystore import open_keystore
+from keystore.errors import (
+    KeystoreCorrupt,
+    KeystoreExists,
+    KeystoreMissing,
+)
+from keystore.opening import init_database
 from keystore.settings import Settings
-from tests.conftest import secret_for
+from tests.conftest import PG_URL, secret_for
 
 
 def _mode(path: Path) -> int:
@@ -66,3 +79,152 @@ def test_an_existing_keystore_readable_by_others_is_tightened_with_a_warning(
     assert [r.getMessage() for r in caplog.records] == [
         f"{database} was readable by group or others (mode 644); changed to 600"
     ]
+
+
+# -- missing, empty, damaged --------------------------------------------------------------------
+
+
+def test_a_deleted_keystore_is_an_error_and_nothing_is_recreated(tmp_path: Path) -> None:
+    database = _home_with_a_key(tmp_path)
+    database.unlink()
+    with pytest.raises(KeystoreMissing) as missing:
+        open_keystore(settings=Settings(home=tmp_path))
+    assert missing.value.location == str(database)
+    assert str(missing.value).startswith(f"the keystore {database} is missing, but one existed")
+    assert "run `keyrelay db init` to start a new, empty keystore" in str(missing.value)
+    assert not database.exists()
+
+
+def test_the_master_key_file_alone_shows_the_keystore_existed(tmp_path: Path) -> None:
+    database = _home_with_a_key(tmp_path)
+    for leftover in tmp_path.glob("keystore.*"):
+        leftover.unlink()  # `rm keystore.*`: only master.key is left
+    with pytest.raises(KeystoreMissing, match=str(tmp_path / "master.key")):
+        open_keystore(settings=Settings(home=tmp_path))
+    assert not database.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "is empty (0 bytes)"),
+        (b"this is not a database at all, just text\n" * 10, "is not a SQLite database"),
+    ],
+)
+def test_an_empty_or_foreign_file_is_an_error(
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
+    database = _home_with_a_key(tmp_path)
+    database.write_bytes(content)
+    with pytest.raises(KeystoreCorrupt) as corrupt:
+        open_keystore(settings=Settings(home=tmp_path))
+    assert str(corrupt.value).startswith(f"the keystore {database} {expected}")
+    assert database.read_bytes() == content  # left for whoever recovers it
+
+
+def test_a_damaged_database_is_an_error_naming_it(tmp_path: Path) -> None:
+    database = _home_with_a_key(tmp_path)
+    with database.open("r+b") as handle:  # keep the header, wreck the pages after it
+        handle.seek(100)
+        handle.write(os.urandom(8000))
+    with pytest.raises(KeystoreCorrupt, match=f"the keystore {database} is damaged"):
+        store = open_keystore(settings=Settings(home=tmp_path))
+        store.list_keys()
+
+
+def test_a_schema_revision_without_its_tables_is_an_error(tmp_path: Path) -> None:
+    database = _home_with_a_key(tmp_path)
+    with sqlite3.connect(database) as db:
+        db.execute("DROP TABLE lease_slots")
+        db.execute("DROP TABLE keys")
+    with pytest.raises(KeystoreCorrupt) as corrupt:
+        open_keystore(settings=Settings(home=tmp_path))
+    assert str(corrupt.value).startswith(
+        f"the keystore {database} is at schema revision 0003 but its tables keys, lease_slots "
+        "are missing"
+    )
+
+
+@pytest.fixture
+def pg_fresh_schema() -> Iterator[str]:
+    """An empty PostgreSQL schema of its own (this test drops tables in it)."""
+    try:
+        admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with admin.begin() as conn:
+            schema = f"kr_bad_{uuid.uuid4().hex[:8]}"
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:
+        if os.environ.get("KEYRELAY_REQUIRE_POSTGRES") == "1":
+            raise
+        pytest.skip(f"PostgreSQL not reachable: {type(exc).__name__}")
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_a_dropped_table_is_an_error_and_init_refuses(
+    pg_fresh_schema: str, tmp_path: Path
+) -> None:
+    settings = Settings(home=tmp_path, master_key=Fernet.generate_key().decode())
+    store = open_keystore(pg_fresh_schema, settings=settings)  # a first keystore: created
+    store.add_key(name="k", provider="openai", secret=secret_for("pg"))
+    store.close()
+    with pytest.raises(KeystoreExists, match="a keystore already exists at postgresql"):
+        init_database(pg_fresh_schema)
+    engine = create_engine(pg_fresh_schema)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE lease_slots, keys CASCADE"))
+    engine.dispose()
+    with pytest.raises(KeystoreCorrupt, match="its tables keys, lease_slots are missing"):
+        open_keystore(pg_fresh_schema, settings=settings)
+
+
+def test_db_init_creates_on_purpose_and_only_where_nothing_is(tmp_path: Path) -> None:
+    database = _home_with_a_key(tmp_path)
+    url = f"sqlite:///{database}"
+    with pytest.raises(KeystoreExists, match=f"{database} already exists"):
+        init_database(url)
+    database.unlink()
+    assert init_database(url) == "0003"
+    assert _mode(database) == 0o600
+    store = open_keystore(settings=Settings(home=tmp_path))  # the old master.key is reused
+    assert store.list_keys() == []
+    store.close()
+
+
+def test_db_init_refuses_a_leftover_wal(tmp_path: Path) -> None:
+    database = tmp_path / "keystore.db"
+    Path(f"{database}-wal").write_bytes(b"x" * 100)  # the old keystore's last writes, maybe
+    with pytest.raises(KeystoreExists, match="-wal exists and may hold the last writes"):
+        init_database(f"sqlite:///{database}")
+    assert not database.exists()
+
+
+def test_a_keystore_deleted_under_a_running_process_is_an_error_there(tmp_path: Path) -> None:
+    database = _home_with_a_key(tmp_path)
+    running = open_keystore(settings=Settings(home=tmp_path))  # e.g. `keyrelay api`
+    assert len(running.list_keys()) == 1
+    database.unlink()
+    with pytest.raises(KeystoreMissing, match="was deleted while this process had it open"):
+        running.add_key(name="lost", provider="openai", secret=secret_for("lost"))
+    with pytest.raises(KeystoreMissing):
+        running.list_keys()
+    assert not database.exists()  # and it did not create a new one either
+    running.close()
+
+
+def test_a_keystore_replaced_or_emptied_under_a_running_process(tmp_path: Path) -> None:
+    database = _home_with_a_key(tmp_path)
+    running = open_keystore(settings=Settings(home=tmp_path))
+    running.list_keys()
+    database.write_bytes(b"")  # truncated in place
+    with pytest.raises(KeystoreCorrupt, match="was emptied"):
+        running.list_keys()
+    database.unlink()
+    database.write_bytes(b"")  # another file at the path
+    with pytest.raises(KeystoreMissing, match="was replaced"):
+        running.list_keys()
+    running.close()
