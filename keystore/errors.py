@@ -6,7 +6,9 @@
     ├── MasterKeyError              master key missing, malformed, or unable to decrypt
     ├── KeystoreUnavailable         the keystore database cannot be used as it is (names it)
     │   ├── KeystoreMissing         gone where one existed (never silently re-created)
-    │   └── KeystoreCorrupt         empty, not a database, or its tables are missing
+    │   ├── KeystoreCorrupt         empty, not a database, or its tables are missing
+    │   ├── KeystoreLocked          another process held the write lock past the busy timeout
+    │   └── KeystoreReadOnly        the database cannot be written
     ├── KeystoreExists              `keyrelay db init` where a keystore already is
     ├── KeyNotFound                 no key with that id
     ├── DuplicateKey                a key with the same secret (fingerprint) exists
@@ -33,7 +35,9 @@ __all__ = [
     "KeyrelayError",
     "KeystoreCorrupt",
     "KeystoreExists",
+    "KeystoreLocked",
     "KeystoreMissing",
+    "KeystoreReadOnly",
     "KeystoreUnavailable",
     "LastEnabledKey",
     "LeaseLost",
@@ -80,6 +84,14 @@ class KeystoreMissing(KeystoreUnavailable):
 
 class KeystoreCorrupt(KeystoreUnavailable):
     """The keystore is empty, not a database, or its tables are missing."""
+
+
+class KeystoreLocked(KeystoreUnavailable):
+    """Another process held the keystore's write lock for longer than the busy timeout."""
+
+
+class KeystoreReadOnly(KeystoreUnavailable):
+    """The keystore cannot be written (file or directory permissions, a read-only mount)."""
 
 
 class KeystoreExists(KeyrelayError):

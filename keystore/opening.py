@@ -15,6 +15,7 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from keystore.db import (
+    BUSY_TIMEOUT_S,
     connect_read,
     create_keystore_engine,
     current_revision,
@@ -65,6 +66,7 @@ def open_database(
     *,
     migrate: bool = True,
     traces: Sequence[Path] = (),
+    busy_timeout_s: float = BUSY_TIMEOUT_S,
 ) -> Engine:
     """An engine on the keystore at `url`, checked and (by default) at the newest schema.
 
@@ -75,7 +77,7 @@ def open_database(
     path = sqlite_path(url)
     if path is not None:
         prepare_file(path, traces=traces, deliberate=False)
-    engine = create_keystore_engine(url, must_exist=True)
+    engine = create_keystore_engine(url, busy_timeout_s=busy_timeout_s, must_exist=True)
     try:
         _check_schema(engine, _location(url))
         if migrate:
@@ -86,14 +88,14 @@ def open_database(
     return engine
 
 
-def init_database(url: str) -> str:
+def init_database(url: str, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> str:
     """Create a new, empty keystore at `url` on purpose (`keyrelay db init`), whatever traces of
     an old one remain; KeystoreExists when there is one. Returns its schema revision."""
     url = normalize_url(url)
     path = sqlite_path(url)
     if path is not None:
         prepare_file(path, traces=(), deliberate=True)
-    engine = create_keystore_engine(url, must_exist=True)
+    engine = create_keystore_engine(url, busy_timeout_s=busy_timeout_s, must_exist=True)
     try:
         if path is None:
             with connect_read(engine) as conn:
@@ -120,9 +122,11 @@ def holds_keys(engine: Engine) -> bool:
         return conn.execute(text("SELECT 1 FROM keys LIMIT 1")).first() is not None
 
 
-def upgrade_database(url: str, *, traces: Sequence[Path] = ()) -> str:
+def upgrade_database(
+    url: str, *, traces: Sequence[Path] = (), busy_timeout_s: float = BUSY_TIMEOUT_S
+) -> str:
     """Bring the keystore at `url` to the newest schema; returns the revision it is at."""
-    engine = open_database(url, traces=traces)
+    engine = open_database(url, traces=traces, busy_timeout_s=busy_timeout_s)
     try:
         revision = current_revision(engine)
     finally:

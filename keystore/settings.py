@@ -19,6 +19,12 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path("~/.keyrelay"), description="state directory")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite under home")
     master_key: SecretStr | None = Field(default=None, description="Fernet key(s), comma-separated")
+    sqlite_busy_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="longest wait for a SQLite keystore's write lock before a clear error",
+    )
     api_token: SecretStr | None = Field(default=None, description="API bearer token(s)")
     api_rate_limit: str = Field(
         default="10/minute", description="per-client limit on API requests (valid token)"

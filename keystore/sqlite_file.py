@@ -14,8 +14,8 @@ Decisions:
 - a file deleted, replaced or emptied under a running process is an error at its next
   transaction (an unlinked SQLite file keeps working for whoever has it open, so a key added
   through the API after a `rm` would be written where nobody will read it again);
-- SQLite's "unable to open" and "malformed" become KeystoreUnavailable errors naming the
-  path."""
+- SQLite's "database is locked" (past the busy timeout), "readonly database", "unable to open"
+  and "malformed" become KeystoreUnavailable errors naming the path."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ from keystore.errors import (
     KeyrelayError,
     KeystoreCorrupt,
     KeystoreExists,
+    KeystoreLocked,
     KeystoreMissing,
+    KeystoreReadOnly,
     KeystoreUnavailable,
 )
 from keystore.private_files import (
@@ -47,6 +49,7 @@ __all__ = [
     "file_error",
     "file_identity",
     "file_lock",
+    "locked_error",
     "migration_lock_path",
     "prepare_file",
     "sqlite_path",
@@ -124,13 +127,35 @@ def check_same_file(path: Path, opened: tuple[int, int] | None) -> None:
         )
 
 
-def file_error(exc: BaseException, path: Path | None) -> KeyrelayError | None:
+def locked_error(path: Path | None, busy_timeout_s: float) -> KeystoreLocked:
+    where = str(path) if path is not None else "in memory"
+    return KeystoreLocked(
+        f"the keystore {where} is locked: another process held its write lock for more than "
+        f"{busy_timeout_s:g} s (KEYRELAY_SQLITE_BUSY_TIMEOUT_S), e.g. a sqlite3 shell or a "
+        f"database browser with an open transaction, or a stopped process; `fuser {where}` "
+        "lists the processes that have it open",
+        location=where,
+    )
+
+
+def file_error(
+    exc: BaseException, path: Path | None, busy_timeout_s: float
+) -> KeyrelayError | None:
     """The keystore error a SQLite failure about the file (not the statement) means, or None."""
     if path is None or not isinstance(exc, sqlite3.Error):
         return None
     name = getattr(exc, "sqlite_errorname", "") or ""
     text_ = str(exc)
     where = str(path)
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text_:
+        return locked_error(path, busy_timeout_s)
+    if name.startswith("SQLITE_READONLY") or "readonly database" in text_:
+        return KeystoreReadOnly(
+            f"the keystore {where} cannot be written ({text_}); check the permissions of the "
+            f"file, of its -wal and -shm files and of {path.parent}, and that the file system "
+            "is mounted read-write",
+            location=where,
+        )
     if name.startswith("SQLITE_CANTOPEN") or "unable to open database file" in text_:
         if not path.exists():
             return KeystoreMissing(

@@ -438,7 +438,12 @@ def open_keystore(
     without a word."""
     settings = settings or Settings()
     url = url or settings.resolved_database_url
-    engine = open_database(url, migrate=migrate, traces=settings.keystore_traces(url))
+    engine = open_database(
+        url,
+        migrate=migrate,
+        traces=settings.keystore_traces(url),
+        busy_timeout_s=settings.sqlite_busy_timeout_s,
+    )
     try:
         if master_key is None:
             env_value = settings.master_key.get_secret_value() if settings.master_key else None

@@ -3,8 +3,11 @@ line naming what to fix, and nothing is created behind its back."""
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import secret_for
@@ -67,3 +70,58 @@ def test_a_keystore_deleted_under_the_running_api(cli: Cli, tmp_path: Path) -> N
         assert_one_error_line(cli("keys", "list"), contains=f"the keystore {database} is missing")
         assert not database.exists()
     assert "KeystoreMissing on POST /keys" in (tmp_path / "api.log").read_text()
+
+
+def test_a_locked_keystore_is_a_clear_error_within_the_bound(cli: Cli, tmp_path: Path) -> None:
+    _add(cli, "a")
+    holder = sqlite3.connect(tmp_path / "home" / "keystore.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        locked = cli(
+            "keys",
+            "add",
+            "--provider",
+            "openai",
+            "--name",
+            "b",
+            stdin=secret_for("b"),
+            env={"KEYRELAY_SQLITE_BUSY_TIMEOUT_S": "1"},
+        )
+        took_s = time.monotonic() - started
+        listed = cli("keys", "list", "--json")  # reading is not blocked
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert_one_error_line(
+        locked,
+        contains=f"the keystore {tmp_path / 'home' / 'keystore.db'} is locked: another process "
+        "held its write lock for more than 1 s (KEYRELAY_SQLITE_BUSY_TIMEOUT_S)",
+    )
+    assert took_s < 10, took_s  # the CLI's start-up plus the 1 s bound, not 30 s
+    assert isinstance(listed.json(), list)
+
+
+def test_the_api_answers_while_a_writer_is_locked_out(cli: Cli, tmp_path: Path) -> None:
+    token = "locked-token"
+    auth = {"Authorization": f"Bearer {token}"}
+    _add(cli, "a", provider="openai")
+    env = {"KEYRELAY_API_TOKEN": token, "KEYRELAY_SQLITE_BUSY_TIMEOUT_S": "0.5"}
+    for http in _serve(cli, tmp_path / "api.log", "api", env=env, probe="/healthz"):
+        holder = sqlite3.connect(tmp_path / "home" / "keystore.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            started = time.monotonic()
+            refused = http.post(
+                "/keys",
+                json={"name": "b", "provider": "openai", "secret": secret_for("b")},
+                headers=auth,
+                timeout=httpx.Timeout(30),
+            )
+            took_s = time.monotonic() - started
+            assert http.get("/keys", headers=auth).status_code == 200
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert refused.status_code == 500 and took_s < 5, (refused.status_code, took_s)
+    assert "KeystoreLocked on POST /keys" in (tmp_path / "api.log").read_text()

@@ -1,13 +1,18 @@
-"""A keystore that is missing, empty or damaged: clear errors naming the file, never a silent new
-keystore; and its files private from the start. Real SQLite files throughout; PostgreSQL where
-the fault is not about a file."""
+"""A keystore that is missing, empty, damaged, locked or read-only: clear errors naming the file,
+never a silent new keystore; and its files private from the start. Real SQLite files throughout;
+PostgreSQL where the fault is not about a file."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,15 +21,19 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
-from keystore import open_keystore
+from keystore import KeyrelayError, open_keystore
 from keystore.errors import (
     KeystoreCorrupt,
     KeystoreExists,
+    KeystoreLocked,
     KeystoreMissing,
+    KeystoreReadOnly,
 )
 from keystore.opening import init_database
 from keystore.settings import Settings
 from tests.conftest import PG_URL, secret_for
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _mode(path: Path) -> int:
@@ -228,3 +237,85 @@ def test_a_keystore_replaced_or_emptied_under_a_running_process(tmp_path: Path) 
     with pytest.raises(KeystoreMissing, match="was replaced"):
         running.list_keys()
     running.close()
+
+
+def test_a_locked_keystore_is_a_clear_error_within_the_bound(tmp_path: Path) -> None:
+    database = _home_with_a_key(tmp_path)
+    store = open_keystore(settings=Settings(home=tmp_path, sqlite_busy_timeout_s=0.5))
+    holder = sqlite3.connect(database, isolation_level=None)  # a sqlite3 shell mid-transaction
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        assert len(store.list_keys()) == 1  # readers are not blocked
+        outcomes: list[tuple[type[BaseException], float]] = []
+
+        def write(i: int) -> None:
+            started = time.monotonic()
+            try:
+                store.add_key(name=f"w{i}", provider="openai", secret=secret_for(f"w{i}"))
+            except KeyrelayError as exc:
+                outcomes.append((type(exc), time.monotonic() - started))
+
+        # Four writers queue behind each other: each gives up within the bound, not in turn.
+        writers = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join()
+        assert [kind for kind, _ in outcomes] == [KeystoreLocked] * 4
+        assert all(0.4 < waited < 1.5 for _, waited in outcomes), outcomes
+        with pytest.raises(KeystoreLocked) as locked:
+            store.reset_key(1)
+        assert locked.value.location == str(database)
+        assert str(locked.value).startswith(
+            f"the keystore {database} is locked: another process held its write lock for more "
+            "than 0.5 s (KEYRELAY_SQLITE_BUSY_TIMEOUT_S)"
+        )
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    store.add_key(name="after", provider="openai", secret=secret_for("after"))
+    assert len(store.list_keys()) == 2
+    store.close()
+
+
+_READ_THEN_WRITE = """
+from keystore import KeyrelayError, open_keystore
+store = open_keystore()
+print(len(store.list_keys()))
+try:
+    store.add_key(name="x", provider="openai", secret="sk-proj-" + "r" * 40)
+except KeyrelayError as exc:
+    print(f"{type(exc).__name__}: {exc}")
+"""
+
+
+def test_a_read_only_keystore_is_a_clear_error(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    master = Fernet.generate_key().decode()
+    store = open_keystore(settings=Settings(home=home, master_key=master))
+    store.add_key(name="k", provider="openai", secret=secret_for("ro"))
+    store.close()
+    database = home / "keystore.db"
+    database.chmod(0o400)
+    command = [sys.executable, "-c", _READ_THEN_WRITE]
+    if os.geteuid() == 0:  # root writes read-only files anyway, unless it drops the capability
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv to drop CAP_DAC_OVERRIDE")
+        drop = "--bounding-set=-dac_override,-dac_read_search"
+        command = [setpriv, "--inh-caps=-all", drop, "--", *command]
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(REPO),
+        "KEYRELAY_HOME": str(home),
+        "KEYRELAY_MASTER_KEY": master,
+    }
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    listed, failure = done.stdout.strip().splitlines()
+    assert listed == "1"  # reading still works
+    assert failure == (
+        f"{KeystoreReadOnly.__name__}: the keystore {database} cannot be written (attempt to "
+        f"write a readonly database); check the permissions of the file, of its -wal and -shm "
+        f"files and of {home}, and that the file system is mounted read-write"
+    )

@@ -38,7 +38,9 @@ def upgrade_database() -> None:
 
     settings = Settings()
     url = settings.resolved_database_url
-    revision = upgrade(url, traces=settings.keystore_traces(url))
+    revision = upgrade(
+        url, traces=settings.keystore_traces(url), busy_timeout_s=settings.sqlite_busy_timeout_s
+    )
     console.print(f"{make_url(url).render_as_string(hide_password=True)} is at revision {revision}")
 
 
@@ -53,6 +55,6 @@ def init_database() -> None:
 
     settings = Settings()
     url = settings.resolved_database_url
-    revision = init(url)
+    revision = init(url, busy_timeout_s=settings.sqlite_busy_timeout_s)
     shown = make_url(url).render_as_string(hide_password=True)
     console.print(f"created a new, empty keystore at {shown} (revision {revision})")
