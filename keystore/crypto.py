@@ -1,16 +1,19 @@
 """Master key (Fernet / MultiFernet), fingerprints and masking.
 
-The first master key encrypts, all of them decrypt. Keys come from KEYRELAY_MASTER_KEY or from a
-0600 file under KEYRELAY_HOME that is created on first use. The file may hold several keys, one per
-line; `rotate` writes a new first key and keeps the previous one for processes that loaded it before
-the rotation (they reload the file when a token does not decrypt)."""
+The first master key encrypts, all of them decrypt. Keys come from KEYRELAY_MASTER_KEY, from the
+0600 file KEYRELAY_MASTER_KEY_FILE names (never created: whoever set the path manages the file),
+or from a 0600 file under KEYRELAY_HOME that is created on first use, for an empty keystore only:
+when the keystore already holds keys, a missing key file is an error, since a new key would not
+decrypt them. The file may hold several keys, one per line; `rotate` writes a new first key and
+keeps the previous one for processes that loaded it before the rotation (they reload the file when
+a token does not decrypt)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -55,16 +58,50 @@ class MasterKey:
     """Encrypts and decrypts secrets. Thread-safe; reloads its key file when a token does not
     decrypt (another process may have rotated it)."""
 
-    def __init__(self, keys: Sequence[bytes], *, key_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        keys: Sequence[bytes],
+        *,
+        key_file: Path | None = None,
+        source: str | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._key_file = key_file
+        self.source = source or (str(key_file) if key_file else "the master key given")
         self._set(list(keys))
 
     @classmethod
-    def load(cls, *, env_value: str | None, key_file: Path) -> MasterKey:
+    def load(
+        cls,
+        *,
+        env_value: str | None,
+        key_file: Path,
+        file_is_explicit: bool = False,
+        keys_exist: Callable[[], bool] = lambda: False,
+    ) -> MasterKey:
+        """From KEYRELAY_MASTER_KEY (`env_value`), else from `key_file`. A missing `key_file` is
+        created only when it is the default one and `keys_exist()` says the keystore is empty."""
         if env_value:
-            return cls(_parse_keys(env_value, origin="KEYRELAY_MASTER_KEY"))
-        return cls(_read_or_create(key_file), key_file=key_file)
+            if file_is_explicit:
+                raise MasterKeyError(
+                    "KEYRELAY_MASTER_KEY and KEYRELAY_MASTER_KEY_FILE are both set; set one of them"
+                )
+            keys = _parse_keys(env_value, origin="KEYRELAY_MASTER_KEY")
+            return cls(keys, source="KEYRELAY_MASTER_KEY")
+        if not key_file.exists():
+            if file_is_explicit:
+                raise MasterKeyError(
+                    f"KEYRELAY_MASTER_KEY_FILE names {key_file}, which does not exist; fix the "
+                    f"path, or create it: `(umask 077 && keyrelay master-key generate > "
+                    f"{key_file})`"
+                )
+            if keys_exist():
+                raise MasterKeyError(
+                    f"keys exist but {key_file} is missing; restore it or set KEYRELAY_MASTER_KEY "
+                    "(a new master key would not decrypt them)"
+                )
+        source = f"KEYRELAY_MASTER_KEY_FILE ({key_file})" if file_is_explicit else str(key_file)
+        return cls(_read_or_create(key_file), key_file=key_file, source=source)
 
     @staticmethod
     def generate() -> str:
@@ -112,6 +149,8 @@ class MasterKey:
                 "(keep the old ones after it), restart, then run the rotation to re-encrypt"
             )
         with self._lock:
+            if not self._key_file.exists():  # a new file would drop the key the secrets are under
+                raise MasterKeyError(f"{self._key_file} is missing; restore it before rotating")
             current = _read_or_create(self._key_file)
             keys = [Fernet.generate_key(), *current[:_KEEP_OLD_KEYS]]
             _write_key_file(self._key_file, keys)

@@ -14,11 +14,18 @@ __all__ = ["Settings"]
 class Settings(BaseSettings):
     """Validated at start. Secrets are SecretStr so they never print."""
 
-    model_config = SettingsConfigDict(env_prefix="KEYRELAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="KEYRELAY_", extra="ignore", populate_by_name=True)
 
     home: Path = Field(default=Path("~/.keyrelay"), description="state directory")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite under home")
     master_key: SecretStr | None = Field(default=None, description="Fernet key(s), comma-separated")
+    # A path instead of the key itself: the environment of a flow run ends up on disk (Prefect's
+    # process worker writes it to a file per run, see README), a path there gives nothing away.
+    master_key_file_path: Path | None = Field(
+        default=None,
+        validation_alias="KEYRELAY_MASTER_KEY_FILE",
+        description="file holding the master key(s), one per line (0600; never created)",
+    )
     sqlite_busy_timeout_s: float = Field(
         default=10.0,
         gt=0,
@@ -49,6 +56,16 @@ class Settings(BaseSettings):
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("master_key_file_path", mode="before")
+    @classmethod
+    def _blank_path_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("master_key_file_path")
+    @classmethod
+    def _expand_key_file(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
     @field_validator("database_url", "api_auth_failure_limit")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
@@ -64,7 +81,8 @@ class Settings(BaseSettings):
 
     @property
     def master_key_file(self) -> Path:
-        return self.home_master_key_file
+        """KEYRELAY_MASTER_KEY_FILE, else `master.key` under KEYRELAY_HOME."""
+        return self.master_key_file_path or self.home_master_key_file
 
     @property
     def home_master_key_file(self) -> Path:

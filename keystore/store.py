@@ -34,7 +34,7 @@ from keystore.keepalive import KeepAlive
 from keystore.lease import Lease
 from keystore.migrate import migrate_env_tokens
 from keystore.models import KEY_ID_MAX, PROVIDERS, AuditEventPublic, KeyCreate, KeyPublic, KeyUpdate
-from keystore.opening import open_database
+from keystore.opening import holds_keys, open_database
 from keystore.ratelimits.signal import RateLimitSignal
 from keystore.settings import Settings
 from keystore.views import Explanation, PoolStatus
@@ -434,8 +434,9 @@ def open_keystore(
     SQLite under KEYRELAY_HOME.
 
     Never silently starts afresh: a keystore that is missing, empty or damaged where one existed
-    raises KeystoreUnavailable (see keystore/opening.py); only a first keystore is created
-    without a word."""
+    raises KeystoreUnavailable (see keystore/db.py), and a missing master key file when the
+    keystore holds keys raises MasterKeyError; only a first keystore and its key file are
+    created without a word."""
     settings = settings or Settings()
     url = url or settings.resolved_database_url
     engine = open_database(
@@ -447,7 +448,12 @@ def open_keystore(
     try:
         if master_key is None:
             env_value = settings.master_key.get_secret_value() if settings.master_key else None
-            master_key = MasterKey.load(env_value=env_value, key_file=settings.master_key_file)
+            master_key = MasterKey.load(
+                env_value=env_value,
+                key_file=settings.master_key_file,
+                file_is_explicit=settings.master_key_file_path is not None,
+                keys_exist=functools.partial(holds_keys, engine),
+            )
     except BaseException:
         engine.dispose()
         raise

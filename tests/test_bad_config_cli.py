@@ -25,6 +25,21 @@ def _add(cli: Cli, name: str, provider: str = "anthropic") -> Result:
     return added
 
 
+def test_a_deleted_master_key_file_is_an_error_not_a_new_key(cli: Cli, tmp_path: Path) -> None:
+    del cli.env["KEYRELAY_MASTER_KEY"]  # the key file under KEYRELAY_HOME
+    _add(cli, "a")
+    key_file = tmp_path / "home" / "master.key"
+    key_file.unlink()
+    assert_one_error_line(
+        cli("keys", "list"),
+        contains=f"error: keys exist but {key_file} is missing; restore it or set "
+        "KEYRELAY_MASTER_KEY",
+    )
+    added = cli("keys", "add", "--provider", "openai", "--name", "b", stdin=secret_for("b"))
+    assert_one_error_line(added, contains="is missing")
+    assert not key_file.exists()
+
+
 def test_a_deleted_truncated_or_foreign_keystore_is_an_error(cli: Cli, tmp_path: Path) -> None:
     _add(cli, "a")
     database = tmp_path / "home" / "keystore.db"

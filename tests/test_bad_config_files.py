@@ -1,5 +1,5 @@
-"""A keystore that is missing, empty, damaged, locked or read-only: clear errors naming the file,
-never a silent new keystore; and its files private from the start. Real SQLite files throughout;
+"""A keystore that is missing, empty, damaged, locked or read-only, and a missing master key file:
+clear errors naming the file, never a silent new keystore or key. Real SQLite files throughout;
 PostgreSQL where the fault is not about a file."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
-from keystore import KeyrelayError, open_keystore
+from keystore import KeyrelayError, MasterKeyError, open_keystore
 from keystore.errors import (
     KeystoreCorrupt,
     KeystoreExists,
@@ -237,6 +237,62 @@ def test_a_keystore_replaced_or_emptied_under_a_running_process(tmp_path: Path) 
     with pytest.raises(KeystoreMissing, match="was replaced"):
         running.list_keys()
     running.close()
+
+
+# -- the master key file --------------------------------------------------------------------------
+
+
+def test_a_missing_key_file_with_keys_present_is_an_error(tmp_path: Path) -> None:
+    _home_with_a_key(tmp_path)
+    key_file = tmp_path / "master.key"
+    key_file.unlink()
+    with pytest.raises(MasterKeyError) as missing:
+        open_keystore(settings=Settings(home=tmp_path))
+    assert str(missing.value) == (
+        f"keys exist but {key_file} is missing; restore it or set KEYRELAY_MASTER_KEY "
+        "(a new master key would not decrypt them)"
+    )
+    assert not key_file.exists()
+
+
+def test_a_missing_key_file_for_an_empty_keystore_is_created(tmp_path: Path) -> None:
+    store = open_keystore(settings=Settings(home=tmp_path))
+    store.close()
+    (tmp_path / "master.key").unlink()
+    open_keystore(settings=Settings(home=tmp_path)).close()  # nothing to lose: a new key
+    assert _mode(tmp_path / "master.key") == 0o600
+
+
+def test_master_key_file_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key_file = tmp_path / "secrets" / "keyrelay.key"
+    monkeypatch.setenv("KEYRELAY_MASTER_KEY_FILE", str(key_file))
+    monkeypatch.delenv("KEYRELAY_MASTER_KEY", raising=False)
+    monkeypatch.setenv("KEYRELAY_HOME", str(tmp_path / "home"))
+    with pytest.raises(MasterKeyError) as missing:
+        open_keystore()
+    assert str(missing.value).startswith(
+        f"KEYRELAY_MASTER_KEY_FILE names {key_file}, which does not exist"
+    )
+    assert not key_file.exists()  # never created: whoever set the path manages the file
+
+    key_file.parent.mkdir()
+    key = Fernet.generate_key()
+    key_file.write_bytes(key + b"\n")
+    key_file.chmod(0o600)
+    store = open_keystore()
+    secret = secret_for("file")
+    store.add_key(name="k", provider="openai", secret=secret)
+    assert store.acquire(provider="openai", holder="t").secret() == secret
+    store.close()
+    assert not (tmp_path / "home" / "master.key").exists()
+    assert Settings().master_key_file == key_file  # what the sandbox hides from the agent
+
+    monkeypatch.setenv("KEYRELAY_MASTER_KEY", key.decode())
+    with pytest.raises(MasterKeyError, match="are both set; set one of them"):
+        open_keystore()
+
+
+# -- locked and read-only -------------------------------------------------------------------------
 
 
 def test_a_locked_keystore_is_a_clear_error_within_the_bound(tmp_path: Path) -> None:
