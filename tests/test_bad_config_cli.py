@@ -1,17 +1,35 @@
-"""Bad configuration through the real `keyrelay` console script: each fault is one `error: ...`
-line naming what to fix, and nothing is created behind its back."""
+"""Bad configuration through the real `keyrelay` console script (and real worker processes):
+each fault is one `error: ...` line naming what to fix, and nothing is created behind its back."""
 
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 
 from tests.conftest import secret_for
 from tests.test_cli import Cli, Result, _serve, assert_one_error_line
+
+NOT_HERE = (
+    "cannot be decrypted here: the master key in use (KEYRELAY_MASTER_KEY) does not decrypt it"
+)
+_WORKER = """
+import sys
+from keystore import MasterKeyError, open_keystore
+store = open_keystore()
+try:
+    held = [store.acquire(provider="anthropic", holder=f"w{i}") for i in range(int(sys.argv[1]))]
+except MasterKeyError as exc:
+    print(f"MasterKeyError: {exc}")
+    sys.exit(3)
+print(sorted(lease.key_id for lease in held))
+"""
 
 
 @pytest.fixture
@@ -19,10 +37,55 @@ def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path / "home")
 
 
+def _worker(cli: Cli, leases: int, *, master: str | None = None) -> subprocess.CompletedProcess:
+    """A worker process acquiring `leases` anthropic keys from the CLI's keystore."""
+    env = cli.env | ({"KEYRELAY_MASTER_KEY": master} if master else {})
+    return subprocess.run(
+        [sys.executable, "-c", _WORKER, str(leases)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def _add(cli: Cli, name: str, provider: str = "anthropic") -> Result:
     added = cli("keys", "add", "--provider", provider, "--name", name, stdin=secret_for(name))
     assert added.code == 0, added.stderr
     return added
+
+
+def test_a_wrong_master_key_is_that_process_s_problem_only(cli: Cli) -> None:
+    for name in ("a", "b", "c"):
+        _add(cli, name)
+    wrong = {"KEYRELAY_MASTER_KEY": Fernet.generate_key().decode()}
+
+    refused = _worker(cli, 1, master=wrong["KEYRELAY_MASTER_KEY"])
+    assert (refused.returncode, refused.stdout.strip()) == (
+        3,
+        "MasterKeyError: the master key in use decrypts none of the 3 keys of provider "
+        "anthropic; is KEYRELAY_MASTER_KEY right?",
+    )
+    listed = cli("keys", "list", "--json", env=wrong).json()
+    assert isinstance(listed, list)
+    assert [(k["state"], k["cooling_reason"]) for k in listed] == [("unusable", NOT_HERE)] * 3
+    explained = cli("keys", "explain", "anthropic", "--json", env=wrong).json()
+    assert isinstance(explained, dict)
+    assert explained["chosen"] is None
+    assert {c["reason"] for c in explained["candidates"]} == {f"unusable: {NOT_HERE}"}
+    status = cli("keys", "status", "--json", env=wrong).json()
+    assert isinstance(status, dict)
+    counts = status["providers"]["anthropic"]
+    assert (counts["available"], counts["disabled"]) == (0, 3)
+
+    # Everyone else: untouched rows, every key leasable, nothing to reset.
+    right = cli("keys", "list", "--json").json()
+    assert isinstance(right, list)
+    assert [(k["state"], k["cooling_reason"]) for k in right] == [("available", None)] * 3
+    leased = _worker(cli, 3)
+    assert (leased.returncode, leased.stdout.strip()) == (0, "[1, 2, 3]"), leased.stderr
+    assert cli("audit", "list", "--type", "key_unusable", "--json").json() == []
 
 
 def test_a_deleted_master_key_file_is_an_error_not_a_new_key(cli: Cli, tmp_path: Path) -> None:
