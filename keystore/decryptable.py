@@ -35,6 +35,7 @@ from keystore.models import KeyPublic
 from keystore.views import CandidatePublic, Explanation, PoolStatus
 
 __all__ = [
+    "check_master_key",
     "choose_decryptable",
     "explain_here",
     "key_here",
@@ -163,6 +164,19 @@ def choose_decryptable(
         assert error is not None  # nothing is eligible
         raise error
     return bad, chosen
+
+
+def check_master_key(conn: Connection, master: MasterKey) -> set[int]:
+    """For a process about to serve runs: MasterKeyError when the keystore holds keys and this
+    process's master key decrypts none of them (it is the wrong key: refuse to start rather than
+    fail every run); otherwise the ids of the keys it cannot decrypt (runs here skip them)."""
+    tokens = {
+        row.id: row.ciphertext for row in conn.execute(select(keys_t.c.id, keys_t.c.ciphertext))
+    }
+    bad = master.undecryptable(tokens)
+    if tokens and len(bad) == len(tokens):
+        raise _decrypts_none(master, len(tokens), "in the keystore")
+    return bad
 
 
 def _decrypts_none(master: MasterKey, count: int, where: str) -> MasterKeyError:

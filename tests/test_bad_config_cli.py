@@ -3,7 +3,9 @@ each fault is one `error: ...` line naming what to fix, and nothing is created b
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -14,7 +16,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from tests.conftest import secret_for
-from tests.test_cli import Cli, Result, _serve, assert_one_error_line
+from tests.test_cli import COMMAND, REPO, Cli, Result, _serve, assert_one_error_line
 
 NOT_HERE = (
     "cannot be decrypted here: the master key in use (KEYRELAY_MASTER_KEY) does not decrypt it"
@@ -88,6 +90,21 @@ def test_a_wrong_master_key_is_that_process_s_problem_only(cli: Cli) -> None:
     assert cli("audit", "list", "--type", "key_unusable", "--json").json() == []
 
 
+def test_serve_refuses_a_master_key_that_decrypts_nothing(cli: Cli) -> None:
+    _add(cli, "a")
+    _add(cli, "b", provider="openai")
+    env = {
+        "KEYRELAY_MASTER_KEY": Fernet.generate_key().decode(),
+        "PREFECT_API_URL": "http://127.0.0.1:9/api",  # never reached: it refuses before
+    }
+    refused = cli("serve", env=env)
+    assert_one_error_line(
+        refused,
+        contains="the master key in use decrypts none of the 2 keys in the keystore; "
+        "is KEYRELAY_MASTER_KEY right?",
+    )
+
+
 def test_a_deleted_master_key_file_is_an_error_not_a_new_key(cli: Cli, tmp_path: Path) -> None:
     del cli.env["KEYRELAY_MASTER_KEY"]  # the key file under KEYRELAY_HOME
     _add(cli, "a")
@@ -150,6 +167,30 @@ def test_a_keystore_deleted_under_the_running_api(cli: Cli, tmp_path: Path) -> N
     assert "KeystoreMissing on POST /keys" in (tmp_path / "api.log").read_text()
 
 
+def test_files_the_cli_creates_are_private(cli: Cli, tmp_path: Path) -> None:
+    del cli.env["KEYRELAY_MASTER_KEY"]
+    done = subprocess.run(
+        [*COMMAND, "keys", "add", "--provider", "openai", "--name", "a"],
+        input=secret_for("a"),
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: os.umask(0),  # the most generous umask
+    )
+    assert done.returncode == 0, done.stderr
+    home = tmp_path / "home"
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [home, *home.iterdir()]}
+    assert modes == {
+        "home": 0o700,
+        "keystore.db": 0o600,
+        "keystore.db-writelock": 0o600,
+        "keystore.migrate.lock": 0o600,
+        "master.key": 0o600,
+    }
+
+
 def test_a_locked_keystore_is_a_clear_error_within_the_bound(cli: Cli, tmp_path: Path) -> None:
     _add(cli, "a")
     holder = sqlite3.connect(tmp_path / "home" / "keystore.db", isolation_level=None)
@@ -178,6 +219,58 @@ def test_a_locked_keystore_is_a_clear_error_within_the_bound(cli: Cli, tmp_path:
     )
     assert took_s < 10, took_s  # the CLI's start-up plus the 1 s bound, not 30 s
     assert isinstance(listed.json(), list)
+
+
+def _without_prefect_api(cli: Cli, tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment with no PREFECT_API_URL and a Prefect home of Prefect's defaults
+    (whose active profile would start a temporary server)."""
+    env = {k: v for k, v in cli.env.items() if not k.startswith("PREFECT_API")}
+    return env | {"PREFECT_HOME": str(tmp_path / "prefect-home")}
+
+
+def test_serve_and_run_refuse_without_prefect_api_url(cli: Cli, tmp_path: Path) -> None:
+    env = _without_prefect_api(cli, tmp_path)
+    for args, message in (
+        (
+            ["serve"],
+            "error: PREFECT_API_URL is not set: serving would register the deployment with a "
+            "temporary Prefect server",
+        ),
+        (
+            ["run", "hello", "--agent", "anthropic"],
+            "error: PREFECT_API_URL is not set: the run would be created on a temporary Prefect "
+            "server",
+        ),
+    ):
+        done = subprocess.run(
+            [*COMMAND, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        refused = Result(done.returncode, done.stdout, done.stderr)
+        assert_one_error_line(refused, contains=message)
+        assert "or pass --local-server" in refused.stderr
+        assert "temporary server" not in refused.stdout  # none was started
+    assert not (tmp_path / "home").exists()  # refused before touching the keystore
+
+
+def test_serve_local_server_serves_on_purpose(cli: Cli, tmp_path: Path) -> None:
+    env = _without_prefect_api(cli, tmp_path) | {"PYTHONPATH": str(REPO)}
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        serve = subprocess.Popen(
+            [*COMMAND, "serve", "--local-server", "--limit", "1"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while "agent-run/default" not in log.read_text():
+            assert serve.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+    assert "temporary server" in log.read_text()
 
 
 def test_the_api_answers_while_a_writer_is_locked_out(cli: Cli, tmp_path: Path) -> None:
