@@ -1,6 +1,13 @@
 """Engine and transactions. SQLite (WAL, busy timeout, BEGIN IMMEDIATE) by default, PostgreSQL by
 URL. The schema is owned by Alembic: `upgrade()` runs at open, never `create_all`.
 
+Opening a keystore (checks, a first creation, never a silent re-creation) is opening.py; the
+SQLite file itself is sqlite_file.py. An engine made with `must_exist` (every engine opening.py
+makes) never creates the file (SQLite opens it `mode=rw`) and checks at each transaction that the
+file at the path is still the one it opened. SQLite failures about the file rather than the
+statement (locked past the busy timeout, read-only, gone, damaged) become KeystoreUnavailable
+errors naming the path. Every file is created 0600 and every directory 0700 (private_files.py).
+
 `Database` is how the keystore talks to it: read transactions, write transactions that carry an
 audit writer, and single autocommitted statements for the lease hot path. All three retry what is
 worth retrying (a dropped connection, a deadlock or serialization failure) with bounded backoff,
@@ -11,11 +18,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
@@ -26,15 +36,26 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from keystore.audit import AuditEventPublic, AuditWriter
+from keystore.errors import KeystoreReadOnly
+from keystore.private_files import create_private_file, make_private_dir, open_private_lock
+from keystore.sqlite_file import (
+    check_same_file,
+    file_error,
+    file_identity,
+    file_lock,
+    locked_error,
+    migration_lock_path,
+    sqlite_path,
+)
 
 __all__ = [
+    "BUSY_TIMEOUT_S",
     "Database",
     "connect_read",
     "create_keystore_engine",
     "normalize_url",
     "transaction",
     "upgrade",
-    "upgrade_database",
 ]
 
 T = TypeVar("T")
@@ -45,7 +66,13 @@ _RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization fa
 RETRY_DELAYS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
-_SQLITE_BUSY_TIMEOUT_MS = 30_000
+# The longest a SQLite writer waits for the write lock before KeystoreLocked (the writer queue's
+# file lock and SQLite's busy timeout together). A keystore transaction holds the lock for about a
+# millisecond, and 32 processes hammering one file wait under 0.1 s at p99 (docs/benchmarks.md),
+# so 10 s is two orders of magnitude of headroom; a lock held that long is someone else's (a
+# sqlite3 shell or a database browser with an open transaction, a stopped process), and the
+# caller hears about it with the path instead of a raw "database is locked" after 30 s.
+BUSY_TIMEOUT_S = 10.0
 _PG_MIGRATION_LOCK = 0x6B657972  # "keyr": advisory lock id serializing concurrent upgrades
 
 
@@ -57,10 +84,14 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_keystore_engine(url: str, **kwargs: Any) -> Engine:
+def create_keystore_engine(
+    url: str, *, busy_timeout_s: float = BUSY_TIMEOUT_S, must_exist: bool = False, **kwargs: Any
+) -> Engine:
+    """An engine on `url`. SQLite: a missing file is created (0600) unless `must_exist`, in which
+    case the engine never creates one (`open_database` decides that, once, with the checks)."""
     url = normalize_url(url)
     if make_url(url).get_backend_name() == "sqlite":
-        return _sqlite_engine(url, **kwargs)
+        return _sqlite_engine(url, busy_timeout_s=busy_timeout_s, must_exist=must_exist, **kwargs)
     # No pre-ping: it costs a round trip per transaction on the hot path. Dropped connections are
     # recycled and a transaction that hits one is retried by the keystore.
     kwargs.setdefault("pool_recycle", 1800)
@@ -71,35 +102,75 @@ def create_keystore_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
-def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
-    database = make_url(url).database
-    if database and database != ":memory:":
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+class _WriterWait(threading.local):
+    """How long this thread's current writer waited in the queue (read by the BEGIN below)."""
+
+    waited_s = 0.0
+
+
+_writer_wait = _WriterWait()
+
+
+def _sqlite_engine(url: str, *, busy_timeout_s: float, must_exist: bool, **kwargs: Any) -> Engine:
+    path = sqlite_path(url)
+    if path is not None and not must_exist and not path.exists():
+        make_private_dir(path.parent)
+        create_private_file(path)  # before SQLite creates it with the umask's 0644
+    busy_ms = max(1, round(busy_timeout_s * 1000))
     engine = create_engine(
         url,
-        connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        connect_args={"timeout": busy_timeout_s, "check_same_thread": False},
         **kwargs,
     )
 
+    if path is not None and must_exist:
+
+        @event.listens_for(engine, "do_connect")
+        def _open_existing(_dialect: Any, _record: Any, cargs: list[Any], cparams: Any) -> None:
+            # mode=rw: a file deleted under us is an error, never a new empty keystore.
+            cargs[:] = [f"file:{quote(str(path))}?mode=rw"]
+            cparams["uri"] = True
+
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
         # Let SQLAlchemy's "begin" event below decide how transactions start.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        record.info["keyrelay_busy_ms"] = busy_ms
+        if path is not None:
+            record.info["keyrelay_file"] = file_identity(path)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
+        info = conn.connection.info
+        if path is not None:
+            check_same_file(path, info.get("keyrelay_file"))
         # Writers take the write lock up front, so two of them never both read "a free slot" and
         # then race to take it; readers use a plain deferred BEGIN and never block writers (WAL).
         if conn.get_execution_options().get("keyrelay_readonly"):
             conn.exec_driver_sql("BEGIN")
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        # The writer queue's wait counts against the busy timeout: writers queued behind one
+        # that waits out a foreign lock give up with it instead of each waiting it out in turn.
+        left_ms = busy_ms - round(_writer_wait.waited_s * 1000)
+        if left_ms <= 0:
+            raise locked_error(path, busy_timeout_s)
+        want_ms = busy_ms if left_ms > busy_ms - 50 else left_ms
+        if info.get("keyrelay_busy_ms") != want_ms:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={want_ms}")
+            info["keyrelay_busy_ms"] = want_ms
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        error = file_error(context.original_exception, path, busy_timeout_s)
+        if error is not None:
+            raise error
 
     return engine
 
@@ -125,17 +196,31 @@ def _sqlite_writer_queue(engine: Engine) -> Iterator[None]:
     """Queue SQLite writers of all processes on a file lock before BEGIN IMMEDIATE.
 
     SQLite's own busy handler polls with sleeps of up to 100 ms, so under contention writers nap
-    while the lock is free; a kernel file lock wakes the next writer the moment it is released."""
+    while the lock is free; a kernel file lock wakes the next writer the moment it is released.
+    The time spent here is taken off the writer's busy timeout (see `_sqlite_engine`)."""
     database = engine.url.database if engine.dialect.name == "sqlite" else None
     if not database or database == ":memory:":
         yield
         return
-    with open(f"{database}-writelock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        fd = open_private_lock(f"{database}-writelock")
+    except PermissionError as exc:
+        raise KeystoreReadOnly(
+            f"cannot create {database}-writelock next to the keystore ({exc.strerror}); check "
+            f"the permissions of {Path(database).parent}",
+            location=database,
+        ) from None
+    try:
+        started = time.monotonic()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _writer_wait.waited_s = time.monotonic() - started
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            _writer_wait.waited_s = 0.0
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -161,7 +246,7 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
+    with connect_read(engine) as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
@@ -185,29 +270,12 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
                 conn.commit()
         return
-    database = engine.url.database
-    if not database or database == ":memory:":
+    path = sqlite_path(engine.url.render_as_string(hide_password=False))
+    if path is None:
         yield
         return
-    lock_path = Path(database).expanduser().with_suffix(".migrate.lock")
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def upgrade_database(url: str) -> str:
-    """Bring the keystore at `url` to the newest schema; returns the revision it is at."""
-    engine = create_keystore_engine(url)
-    try:
-        upgrade(engine)
-        revision = current_revision(engine)
-    finally:
-        engine.dispose()
-    assert revision is not None
-    return revision
+    with file_lock(migration_lock_path(path)):
+        yield
 
 
 def _transient(exc: DBAPIError, dialect: str) -> bool:

@@ -4,6 +4,12 @@
     ├── InvalidInput                a value that cannot be accepted (bad field, unknown provider)
     │   └── ConfigError             bad settings, unknown or invalid RotationConfig field
     ├── MasterKeyError              master key missing, malformed, or unable to decrypt
+    ├── KeystoreUnavailable         the keystore database cannot be used as it is (names it)
+    │   ├── KeystoreMissing         gone where one existed (never silently re-created)
+    │   ├── KeystoreCorrupt         empty, not a database, or its tables are missing
+    │   ├── KeystoreLocked          another process held the write lock past the busy timeout
+    │   └── KeystoreReadOnly        the database cannot be written
+    ├── KeystoreExists              `keyrelay db init` where a keystore already is
     ├── KeyNotFound                 no key with that id
     ├── DuplicateKey                a key with the same secret (fingerprint) exists
     ├── LastEnabledKey              refusing to delete/disable a provider's last enabled key
@@ -27,6 +33,12 @@ __all__ = [
     "InvalidInput",
     "KeyNotFound",
     "KeyrelayError",
+    "KeystoreCorrupt",
+    "KeystoreExists",
+    "KeystoreLocked",
+    "KeystoreMissing",
+    "KeystoreReadOnly",
+    "KeystoreUnavailable",
     "LastEnabledKey",
     "LeaseLost",
     "MasterKeyError",
@@ -52,6 +64,50 @@ class ConfigError(InvalidInput):
 
 class MasterKeyError(KeyrelayError):
     """The master key is missing, malformed or cannot decrypt."""
+
+
+class KeystoreUnavailable(KeyrelayError):
+    """The keystore database cannot be used as it is. `location` is its file, or its URL without
+    the password; the message says what to do."""
+
+    def __init__(self, message: str, *, location: str) -> None:
+        super().__init__(message)
+        self.location = location
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # picklable (Prefect persists states)
+        return (_rebuild_located, (type(self), str(self), self.location))
+
+
+class KeystoreMissing(KeystoreUnavailable):
+    """The keystore is gone where one existed; it is never re-created silently."""
+
+
+class KeystoreCorrupt(KeystoreUnavailable):
+    """The keystore is empty, not a database, or its tables are missing."""
+
+
+class KeystoreLocked(KeystoreUnavailable):
+    """Another process held the keystore's write lock for longer than the busy timeout."""
+
+
+class KeystoreReadOnly(KeystoreUnavailable):
+    """The keystore cannot be written (file or directory permissions, a read-only mount)."""
+
+
+class KeystoreExists(KeyrelayError):
+    """A keystore is already where `keyrelay db init` was asked to create one."""
+
+    def __init__(self, message: str, *, location: str) -> None:
+        super().__init__(message)
+        self.location = location
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (_rebuild_located, (type(self), str(self), self.location))
+
+
+def _rebuild_located(cls: Any, message: str, location: str) -> KeyrelayError:
+    error: KeyrelayError = cls(message, location=location)
+    return error
 
 
 class KeyNotFound(KeyrelayError, LookupError):

@@ -14,7 +14,7 @@ __all__ = ["Settings"]
 class Settings(BaseSettings):
     """Validated at start. Secrets are SecretStr so they never print."""
 
-    model_config = SettingsConfigDict(env_prefix="KEYRELAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="KEYRELAY_", extra="ignore", populate_by_name=True)
 
     home: Path = Field(default=Path("~/.keyrelay"), description="state directory")
     # Not under home: the agent works there, and the sandbox keeps home (the keystore, the
@@ -25,6 +25,19 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite under home")
     master_key: SecretStr | None = Field(default=None, description="Fernet key(s), comma-separated")
+    # A path instead of the key itself: the environment of a flow run ends up on disk (Prefect's
+    # process worker writes it to a file per run, see README), a path there gives nothing away.
+    master_key_file_path: Path | None = Field(
+        default=None,
+        validation_alias="KEYRELAY_MASTER_KEY_FILE",
+        description="file holding the master key(s), one per line (0600; never created)",
+    )
+    sqlite_busy_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="longest wait for a SQLite keystore's write lock before a clear error",
+    )
     api_token: SecretStr | None = Field(default=None, description="API bearer token(s)")
     api_rate_limit: str = Field(
         default="10/minute", description="per-client limit on API requests (valid token)"
@@ -49,6 +62,16 @@ class Settings(BaseSettings):
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("master_key_file_path", mode="before")
+    @classmethod
+    def _blank_path_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("master_key_file_path")
+    @classmethod
+    def _expand_key_file(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
     @field_validator("database_url", "api_auth_failure_limit")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
@@ -56,11 +79,25 @@ class Settings(BaseSettings):
 
     @cached_property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.home / 'keystore.db'}"
+        return self.database_url or self.default_database_url
+
+    @property
+    def default_database_url(self) -> str:
+        return f"sqlite:///{self.home / 'keystore.db'}"
 
     @property
     def master_key_file(self) -> Path:
+        """KEYRELAY_MASTER_KEY_FILE, else `master.key` under KEYRELAY_HOME."""
+        return self.master_key_file_path or self.home_master_key_file
+
+    @property
+    def home_master_key_file(self) -> Path:
         return self.home / "master.key"
+
+    def keystore_traces(self, url: str) -> list[Path]:
+        """Files besides its own that show a keystore existed at `url`: the home's master key
+        file, for the keystore of that home (another URL may be a deliberately new keystore)."""
+        return [self.home_master_key_file] if url == self.default_database_url else []
 
     @property
     def resolved_api_auth_failure_limit(self) -> str:

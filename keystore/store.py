@@ -28,6 +28,7 @@ from keystore import (
     candidates,
     checkpoints,
     cooling,
+    decryptable,
     keys,
     leases,
     limits,
@@ -39,13 +40,14 @@ from keystore import (
 from keystore.clock import Clock, utcnow
 from keystore.config import RotationConfig, load_config, save_config, updated_config
 from keystore.crypto import MasterKey
-from keystore.db import Database, create_keystore_engine, upgrade
-from keystore.errors import InvalidInput, KeyNotFound, LeaseLost, MasterKeyError, NoKeyAvailable
+from keystore.db import Database
+from keystore.errors import InvalidInput, KeyNotFound, LeaseLost, NoKeyAvailable
 from keystore.holders import LeaseHolderPublic, list_active_leases
 from keystore.keepalive import KeepAlive
 from keystore.lease import Lease
 from keystore.migrate import migrate_env_tokens
 from keystore.models import KEY_ID_MAX, PROVIDERS, AuditEventPublic, KeyCreate, KeyPublic, KeyUpdate
+from keystore.opening import holds_keys, open_database
 from keystore.ratelimits import RateLimitSignal, parse_rate_limit
 from keystore.ratelimits.body import BodyLike
 from keystore.ratelimits.headers import HeadersLike
@@ -88,6 +90,8 @@ class Keystore:
         self._clock = clock
         self._hooks: list[audit_log.AuditHook] = []
         self._config_cache: tuple[float, RotationConfig] | None = None
+        # provider -> whether some of its keys do not decrypt here (absent: not looked yet)
+        self._undecryptable_here: dict[str, bool] = {}
 
     @property
     def engine(self) -> Engine:
@@ -143,12 +147,20 @@ class Keystore:
 
     def get_key(self, key_id: int) -> KeyPublic:
         _check_key_id(key_id)
-        return self._read(lambda conn: keys.get_key(conn, key_id, now=self._clock()))
+        return self._read(
+            lambda conn: decryptable.key_here(
+                conn, self.master, keys.get_key(conn, key_id, now=self._clock())
+            )
+        )
 
     def list_keys(self, provider: str | None = None) -> list[KeyPublic]:
         if provider is not None:
             _check_provider(provider)
-        return self._read(lambda conn: keys.list_keys(conn, now=self._clock(), provider=provider))
+        return self._read(
+            lambda conn: decryptable.keys_here(
+                conn, self.master, keys.list_keys(conn, now=self._clock(), provider=provider)
+            )
+        )
 
     def update_key(self, key_id: int, *, force: bool = False, **changes: Any) -> KeyPublic:
         """Change name, priority, max_concurrency, enabled, group or secret. Refuses to disable a
@@ -207,6 +219,7 @@ class Keystore:
         if ttl <= 0:
             raise InvalidInput("ttl_s: must be greater than 0")
         threshold = config.proactive_threshold
+        prefer_key = self._prefer_decryptable(provider, prefer=prefer_key, threshold=threshold)
         for _ in range(_CONTENDED_RETRIES):
             now = self._clock()
             got = self.db.statement(
@@ -240,10 +253,10 @@ class Keystore:
                 self.record(
                     "lease_reclaimed", key_id=got.key_id, lease_id=old_lease, holder=old_holder
                 )
-            try:
-                self.master.decrypt(got.ciphertext)
-            except MasterKeyError as exc:
-                self._mark_unusable(got, str(exc))
+            if not self.master.can_decrypt(got.ciphertext):
+                prefer_key = self._skip_undecryptable(
+                    got, provider=provider, holder=holder, prefer=prefer_key, threshold=threshold
+                )
                 continue
             return Lease(
                 id=got.lease_id,
@@ -262,14 +275,54 @@ class Keystore:
             detail=["every free slot was taken by concurrent acquirers; retry"],
         )
 
-    def _mark_unusable(self, got: leases.Acquired, why: str) -> None:
-        def body(w: audit_log.AuditWriter) -> None:
-            leases.release_lease(w.conn, lease_id=got.lease_id)
-            reason = f"decrypt failed: {why}"
-            cooling.set_unusable(w.conn, got.key_id, reason=reason, kind="decrypt", audit=w)
+    def _prefer_decryptable(
+        self, provider: str, *, prefer: int | None, threshold: float
+    ) -> int | None:
+        """The key to take first: `prefer`, unless some of the provider's keys do not decrypt
+        here; then the best key among those that do (see keystore/decryptable.py). Looks once
+        per provider, and again each time a key fails to decrypt."""
+        if self._undecryptable_here.get(provider) is False:
+            return prefer
+        now = self._clock()
+        bad, chosen = self._read(
+            lambda conn: decryptable.choose_decryptable(
+                conn, self.master, provider=provider, now=now, threshold=threshold, prefer=prefer
+            )
+        )
+        self._undecryptable_here[provider] = bool(bad)
+        return prefer if chosen is None else chosen
 
-        self._write(body)
-        log.error("key %s (%s) does not decrypt and was marked unusable", got.key_id, got.key_name)
+    def _skip_undecryptable(
+        self,
+        got: leases.Acquired,
+        *,
+        provider: str,
+        holder: str,
+        prefer: int | None,
+        threshold: float,
+    ) -> int | None:
+        """The leased key does not decrypt with this process's master key. Another process may
+        hold the right one, so nothing shared is marked: give the slot back and choose among the
+        keys that decrypt here (MasterKeyError when there are none)."""
+        self.release(
+            Lease(
+                id=got.lease_id,
+                key_id=got.key_id,
+                key_name=got.key_name,
+                provider=provider,
+                holder=holder,
+                acquired_at=got.acquired_at,
+                expires_at=got.expires_at,
+            )
+        )
+        log.error(
+            "key %s (%s) %s; skipped in this process only",
+            got.key_id,
+            got.key_name,
+            decryptable.not_here_reason(self.master),
+        )
+        self._undecryptable_here.pop(provider, None)
+        return self._prefer_decryptable(provider, prefer=prefer, threshold=threshold)
 
     def renew(self, lease: Lease, ttl_s: float | None = None) -> Lease:
         ttl = self._recent_config().lease_ttl_s if ttl_s is None else ttl_s
@@ -389,8 +442,9 @@ class Keystore:
         _check_provider(provider)
         threshold = self._recent_config().proactive_threshold
         return self._read(
-            lambda conn: views.explain(
+            lambda conn: decryptable.explain_here(
                 conn,
+                self.master,
                 provider=provider,
                 now=self._clock(),
                 threshold=threshold,
@@ -408,7 +462,11 @@ class Keystore:
         )
 
     def status(self) -> PoolStatus:
-        return self._read(lambda conn: views.status(conn, now=self._clock()))
+        return self._read(
+            lambda conn: decryptable.status_here(
+                conn, self.master, views.status(conn, now=self._clock())
+            )
+        )
 
     def active_leases(self, provider: str | None = None) -> list[LeaseHolderPublic]:
         """Every unexpired lease (or one provider's) with its key and holder."""
@@ -528,12 +586,30 @@ def open_keystore(
     migrate: bool = True,
 ) -> Keystore:
     """Open (and by default upgrade) the keystore at `url`, else at KEYRELAY_DATABASE_URL, else
-    SQLite under KEYRELAY_HOME."""
+    SQLite under KEYRELAY_HOME.
+
+    Never silently starts afresh: a keystore that is missing, empty or damaged where one existed
+    raises KeystoreUnavailable (see keystore/db.py), and a missing master key file when the
+    keystore holds keys raises MasterKeyError; only a first keystore and its key file are
+    created without a word."""
     settings = settings or Settings()
-    engine = create_keystore_engine(url or settings.resolved_database_url)
-    if migrate:
-        upgrade(engine)
-    if master_key is None:
-        env_value = settings.master_key.get_secret_value() if settings.master_key else None
-        master_key = MasterKey.load(env_value=env_value, key_file=settings.master_key_file)
+    url = url or settings.resolved_database_url
+    engine = open_database(
+        url,
+        migrate=migrate,
+        traces=settings.keystore_traces(url),
+        busy_timeout_s=settings.sqlite_busy_timeout_s,
+    )
+    try:
+        if master_key is None:
+            env_value = settings.master_key.get_secret_value() if settings.master_key else None
+            master_key = MasterKey.load(
+                env_value=env_value,
+                key_file=settings.master_key_file,
+                file_is_explicit=settings.master_key_file_path is not None,
+                keys_exist=functools.partial(holds_keys, engine),
+            )
+    except BaseException:
+        engine.dispose()
+        raise
     return Keystore(engine, master_key, clock=clock)

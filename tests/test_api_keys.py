@@ -177,6 +177,8 @@ def test_config_reads_defaults_and_patches_some_fields(client: TestClient) -> No
         "no_reset_cooldown_s": 60,
         "proactive_threshold": 0.95,
         "resume_stagger_s": 1.0,
+        "sandbox": "auto",  # the agent-jobs and relay issues add these two
+        "workdir_snapshot_max_mb": 64,
     }
 
     response = client.patch("/keys/config", json={"max_wait_s": 600, "auto_wait": False})

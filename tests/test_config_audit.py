@@ -21,6 +21,8 @@ def test_defaults_match_design() -> None:
         "no_reset_cooldown_s": 60,
         "proactive_threshold": 0.95,
         "resume_stagger_s": 1.0,
+        "sandbox": "auto",
+        "workdir_snapshot_max_mb": 64,
     }
 
 

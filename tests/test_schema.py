@@ -43,7 +43,7 @@ def test_open_keystore_creates_sqlite_under_home_in_wal_mode(tmp_path: Path) -> 
     assert (tmp_path / "keystore.db").exists() and (tmp_path / "master.key").exists()
     with ks.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000  # the bound
     ks.close()
     open_keystore(settings=Settings(home=tmp_path)).close()  # second open: already at head
 

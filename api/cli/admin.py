@@ -34,8 +34,27 @@ def upgrade_database() -> None:
     from sqlalchemy.engine import make_url
 
     from keystore import Settings
-    from keystore.db import upgrade_database as upgrade
+    from keystore.opening import upgrade_database as upgrade
 
-    url = Settings().resolved_database_url
-    revision = upgrade(url)
+    settings = Settings()
+    url = settings.resolved_database_url
+    revision = upgrade(
+        url, traces=settings.keystore_traces(url), busy_timeout_s=settings.sqlite_busy_timeout_s
+    )
     console.print(f"{make_url(url).render_as_string(hide_password=True)} is at revision {revision}")
+
+
+@db_app.command("init")
+def init_database() -> None:
+    """Create a new, empty keystore where there is none. Other commands create the first one
+    by themselves, but never a replacement for one that went missing: this does, on purpose."""
+    from sqlalchemy.engine import make_url
+
+    from keystore import Settings
+    from keystore.opening import init_database as init
+
+    settings = Settings()
+    url = settings.resolved_database_url
+    revision = init(url, busy_timeout_s=settings.sqlite_busy_timeout_s)
+    shown = make_url(url).render_as_string(hide_password=True)
+    console.print(f"created a new, empty keystore at {shown} (revision {revision})")

@@ -2,12 +2,19 @@
 
 The CLI never imports the flows: `serve` hands the process over to `python -m deployments.serve`
 (so SIGTERM / Ctrl-C reach Prefect's runner directly), and `run` asks the Prefect API to start a
-run of the deployment, exactly as `prefect deployment run` does."""
+run of the deployment, exactly as `prefect deployment run` does.
+
+Both need PREFECT_API_URL (or a Prefect profile that sets it). Without it Prefect's default
+profile quietly starts a temporary server in the process, which nothing else reaches; both
+refuse unless `--local-server` asks for that on purpose (it uses this machine's local Prefect
+database, so `serve --local-server` and `run --local-server` on one machine see each other)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -22,15 +29,30 @@ __all__ = ["register"]
 DEPLOYMENT = "agent-run/default"
 AGENTS = ("claude-code", "anthropic", "openai")
 console = Console()
+LocalServer = Annotated[
+    bool,
+    typer.Option(
+        "--local-server",
+        help="Without PREFECT_API_URL, use a temporary Prefect server on this machine's local "
+        "Prefect database instead of refusing.",
+    ),
+]
+
+
+class NoPrefectApi(CliInputError):
+    """PREFECT_API_URL is not set and no local server was asked for."""
 
 
 def serve(
     limit: Annotated[int, typer.Option(min=1, help="Flow runs at once, each its own process.")] = 4,
     name: Annotated[str, typer.Option(help="Deployment name.")] = "default",
+    local_server: LocalServer = False,
 ) -> None:
     """Serve the agent-run deployment in the foreground until SIGTERM / Ctrl-C (needs
     PREFECT_API_URL pointing at a Prefect server, and the KEYRELAY_* settings of the keystore)."""
     argv = [sys.executable, "-m", "deployments.serve", "--limit", str(limit), "--name", name]
+    if local_server:
+        argv.append("--local-server")
     sys.stdout.flush()
     os.execv(sys.executable, argv)  # noqa: S606 (our own interpreter and module)
 
@@ -75,17 +97,11 @@ def run(
         bool, typer.Option(help="Follow the run (a line per attempt) until it ends, then print it.")
     ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    local_server: LocalServer = False,
 ) -> None:
     """Start an agent run through the Prefect API (like `prefect deployment run`)."""
     if agent not in AGENTS:
         raise CliInputError(f"--agent must be one of {', '.join(AGENTS)}, not {agent!r}")
-    parameters: dict[str, Any] = {"prompt": prompt, "agent": agent, "steps": steps}
-    if model:
-        parameters["model"] = model
-    if followup:
-        parameters["followups"] = followup
-    if label:
-        parameters["run_label"] = label
     job = {
         "workdir": workdir,
         "allowed_tools": allowed_tools,
@@ -99,7 +115,65 @@ def run(
     if given and agent != "claude-code":
         names = ", ".join(f"--{name.replace('_', '-')}" for name in given)
         raise CliInputError(f"{names}: only the claude-code agent takes these, not {agent}")
-    parameters |= given
+    with _prefect_api(local_server=local_server):
+        _start_run(
+            prompt,
+            agent=agent,
+            model=model,
+            steps=steps,
+            followup=followup,
+            label=label,
+            job=given,
+            deployment=deployment,
+            wait=wait,
+            json_output=json_output,
+        )
+
+
+@contextlib.contextmanager
+def _prefect_api(*, local_server: bool) -> Iterator[None]:
+    """Refuse without PREFECT_API_URL unless a local server was asked for."""
+    from prefect.settings import (
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    if get_current_settings().api.url is not None:
+        yield
+        return
+    if not local_server:
+        raise NoPrefectApi(
+            "PREFECT_API_URL is not set: the run would be created on a temporary Prefect server "
+            "that `keyrelay serve` does not watch; set PREFECT_API_URL to the server `keyrelay "
+            "serve` uses (e.g. http://127.0.0.1:4200/api), or pass --local-server to use this "
+            "machine's local Prefect database on purpose"
+        )
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}):
+        yield
+
+
+def _start_run(
+    prompt: str,
+    *,
+    agent: str,
+    model: str | None,
+    steps: int,
+    followup: list[str] | None,
+    label: str | None,
+    job: dict[str, Any],
+    deployment: str,
+    wait: bool,
+    json_output: bool,
+) -> None:
+    parameters: dict[str, Any] = {"prompt": prompt, "agent": agent, "steps": steps}
+    if model:
+        parameters["model"] = model
+    if followup:
+        parameters["followups"] = followup
+    if label:
+        parameters["run_label"] = label
+    parameters |= job
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
