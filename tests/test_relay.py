@@ -610,6 +610,38 @@ async def test_an_answer_that_breaks_off_upstream_breaks_off_for_the_cli_too() -
     assert relay.stats.upstream_failures == 1
 
 
+async def test_the_turn_ending_closes_idle_and_streaming_connections_at_once() -> None:
+    """A CLI that left a keep-alive connection open, or a stream still running, does not hold
+    the turn's end; the stream is cut off (never made to look complete)."""
+    release = threading.Event()
+
+    async def answer(request: Recorded, send: Send) -> None:
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"event: ping\n\n", "more_body": True})
+        await asyncio.to_thread(release.wait, 10)  # the rest of the stream never comes
+
+    with serve_app(TinyUpstream(answer)) as upstream:
+        relay = Relay(secret=API_KEY, upstream=upstream)
+        async with httpx.AsyncClient() as client:
+            await relay.__aenter__()
+            idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            headers = credential("api_key", relay.placeholder)
+            async with client.stream("POST", relay.base_url + PATH, headers=headers) as response:
+                chunks = response.aiter_raw()
+                assert await anext(chunks) == b"event: ping\n\n"
+                begun = time.monotonic()
+                await relay.__aexit__(None, None, None)
+                exited_s = time.monotonic() - begun
+                with pytest.raises(httpx.RemoteProtocolError):
+                    async for _ in chunks:
+                        pass
+            assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # closed by the relay
+            idle_writer.close()
+        release.set()
+    assert exited_s < 1.0
+
+
 # -- streaming and pass-through -----------------------------------------------------------------
 
 
