@@ -27,6 +27,7 @@ docs/examples/own_tool_loop.py is a whole tool loop. Errors: see `flows.clients.
 from flows.clients.errors import CallFailed, KeyRefused, ProviderBusy, RequestRefused
 from flows.clients.retries import RetryOnRefusal, retry_on_refusal
 from flows.clients.sdk_client import keyrelay_client
+from flows.clients.spent_pool import defer_until
 
 __all__ = [
     "CallFailed",
@@ -34,6 +35,7 @@ __all__ = [
     "ProviderBusy",
     "RequestRefused",
     "RetryOnRefusal",
+    "defer_until",
     "keyrelay_client",
     "retry_on_refusal",
 ]
