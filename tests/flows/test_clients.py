@@ -281,3 +281,88 @@ async def test_a_refused_task_leaves_no_secret_in_prefect(
         for secret in (secret_a, secret_b):
             assert secret not in text, f"a secret leaked into the {where}"
             assert secret[-20:] not in text, f"a secret's tail leaked into the {where}"
+
+
+async def test_an_overload_inside_a_200_stream_is_a_busy_provider(flow_env: FlowEnv) -> None:
+    key, secret = add_key(flow_env, "a", "anthropic")
+    flow_env.emulator.admin.set_limits(
+        [LimitRule(key_prefix="sk-ant-api03-", requests=10, window_s=60)]
+    )
+    flow_env.emulator.admin.set_faults([FaultRule(kind="stream_overloaded", times=1)])
+    request = {
+        "model": "claude-test",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+
+    with pytest.raises(ProviderBusy) as raised:
+        async with (
+            keyrelay_client("anthropic", holder="test") as client,
+            client.messages.stream(**request) as stream,  # type: ignore[arg-type]
+        ):
+            await stream.get_final_message()
+    assert raised.value.kind == "overloaded" and raised.value.status == 200
+    assert raised.value.__context__ is None
+    assert flow_env.store.get_key(key).state == "available"  # nobody's key's fault
+
+    async with (
+        keyrelay_client("anthropic", holder="test") as client,
+        client.messages.stream(**request) as stream,  # type: ignore[arg-type]
+    ):
+        message = await stream.get_final_message()
+    assert message.content
+    assert served_log(flow_env) == [(200, fingerprint(secret))] * 2
+    # a streamed success's headers count too (the faulted request was not counted against it)
+    [requests] = [b for b in flow_env.store.limits("anthropic") if b.bucket == "requests"]
+    assert requests.remaining == 9
+    assert requests.observed_at.timestamp() >= flow_env.emulator.admin.log()[1].at
+
+
+async def test_the_sdk_exception_left_behind_no_longer_holds_the_key(flow_env: FlowEnv) -> None:
+    _, secret = add_key(flow_env, "a", "anthropic")
+    flow_env.emulator.admin.set_faults([FaultRule(kind="missing_headers", times=1)])
+    kept: list[BaseException] = []
+
+    with pytest.raises(KeyRefused):
+        async with keyrelay_client("anthropic", holder="test") as client:
+            try:
+                await ask(client, "anthropic")
+            except anthropic.RateLimitError as sdk_error:
+                kept.append(sdk_error)  # whatever still refers to it (a tracker, a debugger)
+                raise
+    [sdk_error] = kept
+    assert isinstance(sdk_error, anthropic.APIStatusError)
+    assert "x-api-key" not in sdk_error.request.headers
+    assert secret not in repr(dict(sdk_error.response.request.headers))
+
+
+async def test_other_errors_leave_the_block_unchanged(flow_env: FlowEnv) -> None:
+    add_key(flow_env, "a", "openai")
+    with pytest.raises(ValueError, match="the user's own"):
+        async with keyrelay_client("openai", holder="test"):
+            raise ValueError("the user's own")
+    assert flow_env.store.active_leases("openai") == []
+
+
+async def test_defer_until_belongs_to_a_flow_body(flow_env: FlowEnv) -> None:
+    from datetime import UTC, datetime
+
+    from flows.clients import defer_until
+
+    spent = NoKeyAvailable("anthropic", reason="all_cooling", retry_at=datetime.now(UTC))
+    with pytest.raises(RuntimeError, match="flow body"):
+        await defer_until(spent)
+
+    @task
+    async def in_a_task() -> None:
+        await defer_until(spent)
+
+    @flow
+    async def calls_it_from_a_task() -> str:
+        try:
+            await in_a_task()
+        except RuntimeError as wrong:
+            return str(wrong)
+        return "deferred"
+
+    assert "not from a task" in await calls_it_from_a_task()
