@@ -6,7 +6,11 @@ until SIGTERM or Ctrl-C.
 
 Polls every second and starts runs `prefetch` seconds before their scheduled time, so a run
 deferred to a rate-limit reset is running again within about a second of it (a new process takes
-2-4 s to start here; without prefetch the run would start that late)."""
+2-4 s to start here; without prefetch the run would start that late).
+
+Every flow run it starts sends Prefect's flow-run heartbeat every HEARTBEAT_FREQUENCY_S (30 s, the
+least Prefect 3.9 allows), which keyrelay's crash automation (`keyrelay automations apply`) relies
+on: a run whose heartbeat stops is marked Crashed and resumed from its checkpoint."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from prefect import serve
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
 from flows.agent_run import agent_run
+from flows.recovery import HEARTBEAT_FREQUENCY_S
 
 __all__ = ["DEPLOYMENT_NAME", "build_deployment", "main"]
 
@@ -48,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         query_seconds=QUERY_SECONDS,
         prefetch_seconds=PREFETCH_SECONDS,
         pause_on_shutdown=False,
+        heartbeat_seconds=HEARTBEAT_FREQUENCY_S,  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY of each run
     )
 
 
