@@ -48,9 +48,9 @@ def server_events(
     if resource_prefix is not None:
         event_filter["resource"] = {"id_prefix": [resource_prefix]}
     response = httpx.post(
-        f"{api_url}/events/filter", json={"filter": event_filter, "limit": 200}, timeout=10
+        f"{api_url}/events/filter", json={"filter": event_filter, "limit": 50}, timeout=10
     )
-    response.raise_for_status()
+    assert response.status_code == 200, response.text
     events: list[dict[str, Any]] = response.json()["events"]
     return events
 
