@@ -59,18 +59,26 @@ def holder_prefix(run_id: str) -> str:
 
 
 def resumed_after_crash(states: Sequence[State]) -> bool:
-    """Whether the run's current execution was scheduled by the crash-recovery automation: among
-    the states since its previous execution (or since it was created) is AwaitingCrashRecovery.
-    `states` is the run's history, the current Running state included, in any order."""
+    """Whether the run's current execution was scheduled by the crash-recovery automation after
+    an execution died: since its previous execution (or since it was created) it went
+    Crashed -> AwaitingCrashRecovery, and was not waiting when it was marked Crashed. (A deferred
+    run's last heartbeat can race its deferral and get it marked Crashed while it waits: it then
+    starts early, defers again, and that is no crash of an execution.) `states` is the run's
+    history, the current Running state included, in any order."""
     ordered = sorted(states, key=lambda s: s.timestamp)
     runs = [i for i, s in enumerate(ordered) if s.type == StateType.RUNNING]
     if not runs:
         return False
     since = runs[-2] + 1 if len(runs) > 1 else 0
-    return any(
-        s.type == StateType.SCHEDULED and s.name == AWAITING_CRASH_RECOVERY
-        for s in ordered[since : runs[-1]]
-    )
+    for i in range(max(since, 2), runs[-1]):
+        recovery, crash, before = ordered[i], ordered[i - 1], ordered[i - 2]
+        if (
+            recovery.type == StateType.SCHEDULED
+            and recovery.name == AWAITING_CRASH_RECOVERY
+            and crash.type == StateType.CRASHED
+        ):
+            return before.type != StateType.SCHEDULED
+    return False
 
 
 async def recover_after_crash(

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.states import Crashed, Scheduled
+from prefect.states import Crashed, Running, Scheduled
 
 from deployments.automations import AutomationOptions, crash_message
 from flows.checkpoint import RunCheckpoint
@@ -184,7 +184,8 @@ def test_a_run_past_its_crash_resumptions_fails_saying_so(
         run = _start_run({"prompt": "hello", "agent": "anthropic"}, state=later)
         spent = RunCheckpoint(crash_resumptions=MAX_CRASH_RESUMPTIONS)
         flow_env.store.save_checkpoint(str(run.id), spent.model_dump(mode="json"))
-        with get_client(sync_client=True) as client:
+        with get_client(sync_client=True) as client:  # as if it had run and been killed
+            client.set_flow_run_state(run.id, Running(), force=True)
             client.set_flow_run_state(run.id, Crashed(message=crash), force=True)
         failed = wait_for(lambda: _finished(run.id), 60, "never picked up again")
     assert failed.state_type == StateType.FAILED, server_process.output()

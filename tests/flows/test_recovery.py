@@ -53,8 +53,12 @@ LATE = (StateType.SCHEDULED, "Late")
             False,
         ),
         ([SCHEDULED, RUNNING, DEFERRED, PENDING, RUNNING, CRASHED, RECOVERY, RUNNING], True),
-        # crashed before it ever ran (set by hand), then rescheduled by the automation
-        ([SCHEDULED, CRASHED, RECOVERY, PENDING, RUNNING], True),
+        # the process died while starting the run
+        ([SCHEDULED, PENDING, CRASHED, RECOVERY, PENDING, RUNNING], True),
+        # a waiting run marked Crashed (its last heartbeat raced its deferral): no crash of an
+        # execution, not counted
+        ([SCHEDULED, RUNNING, DEFERRED, CRASHED, RECOVERY, PENDING, RUNNING], False),
+        ([SCHEDULED, CRASHED, RECOVERY, PENDING, RUNNING], False),
         ([SCHEDULED], False),
     ],
 )
