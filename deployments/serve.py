@@ -11,7 +11,11 @@ deferred to a rate-limit reset is running again within about a second of it (a n
 Refuses to start, with one `error: ...` line, when PREFECT_API_URL is not set (Prefect would
 quietly start a temporary server of its own that nothing else reaches: `--local-server` asks for
 that on purpose), when the keystore cannot be opened, and when the master key decrypts none of
-its keys (every run would fail on it)."""
+its keys (every run would fail on it).
+
+Every flow run it starts sends Prefect's flow-run heartbeat every HEARTBEAT_FREQUENCY_S (30 s, the
+least Prefect 3.9 allows), which keyrelay's crash automation (`keyrelay automations apply`) relies
+on: a run whose heartbeat stops is marked Crashed and resumed from its checkpoint."""
 
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from prefect.settings import (
 )
 
 from flows.agent_run import agent_run
+from flows.recovery import HEARTBEAT_FREQUENCY_S
 from keystore import ConfigError, KeyrelayError, open_keystore
 from keystore.decryptable import check_master_key
 
@@ -114,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             query_seconds=QUERY_SECONDS,
             prefetch_seconds=PREFETCH_SECONDS,
             pause_on_shutdown=False,
+            heartbeat_seconds=HEARTBEAT_FREQUENCY_S,  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY per run
         )
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 
 from flows.blocking import in_thread
 from flows.checkpoint import load_checkpoint
 from flows.job import AgentJob, PermissionMode
+from flows.recovery import check_heartbeat, recover_after_crash
 from flows.runtime import flow_keystore
 from flows.turn_loop import RunLoop
 from flows.workdir import prepare_workdir
@@ -66,7 +67,8 @@ async def agent_run(
     add_dirs: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run an LLM agent conversation of `steps` turns, rotating keys on rate limits and waiting
-    (as Scheduled/AwaitingRateLimit, worker freed) when every key is spent.
+    (as Scheduled/AwaitingRateLimit, worker freed) when every key is spent. A run whose process
+    died resumes from its checkpoint when keyrelay's automations are applied (flows/recovery.py).
 
     For `claude-code`, a job in a repository: `workdir` (an existing directory on the worker;
     default: a directory of the run's own), `allowed_tools` / `disallowed_tools` (tool rules such
@@ -89,6 +91,12 @@ async def agent_run(
     run_id = str(flow_run.id)
     store = flow_keystore()
     checkpoint = await in_thread(load_checkpoint, store, run_id)
+    if flow_run.deployment_id is not None:  # only a deployment's run is picked up again
+        logger = get_run_logger()
+        check_heartbeat(logger)
+        checkpoint = await recover_after_crash(
+            store, run_id=run_id, flow_run_id=flow_run.id, checkpoint=checkpoint, logger=logger
+        )
     folder = None
     if agent == "claude-code":
         job.check_dirs()  # on this worker, which may not be the one the run started on

@@ -7,7 +7,8 @@ back is caught up from the neutral history.
 
 The turn being worked on has its own record (`TurnProgress`): how many rotations and failures
 it has used up, and the key the last attempt was refused on, so a deferred or crashed run goes
-on with the same budgets. `last_keys` is the key each agent last served on (affinity)."""
+on with the same budgets. `last_keys` is the key each agent last served on (affinity);
+`crash_resumptions`, how often the run came back after its process died (flows/recovery.py)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,8 @@ class RunCheckpoint(BaseModel):
     on_fallback: bool = False
     progress: TurnProgress | None = None
     last_keys: dict[str, int] = Field(default_factory=dict)  # agent -> key it last served on
+    # Executions that came back after the run's process died (flows/recovery.py): bounded.
+    crash_resumptions: int = 0
 
     @property
     def turns_done(self) -> int:

@@ -39,6 +39,7 @@ __all__ = [
     "drop_surplus_slot",
     "last_use",
     "reclaim_expired",
+    "reclaim_held_by",
     "release_lease",
     "renew_lease",
     "selection_order",
@@ -279,3 +280,35 @@ def reclaim_expired(conn: Connection, *, audit: AuditWriter) -> int:
                 "lease_reclaimed", key_id=row.key_id, lease_id=row.lease_id, holder=row.holder
             )
     return len(expired)
+
+
+def reclaim_held_by(conn: Connection, *, holder_prefix: str, audit: AuditWriter) -> int:
+    """Free every slot whose holder starts with `holder_prefix`, expired or not, and record each
+    as lease_reclaimed. Only for holders known to be dead (a crashed flow run starting again:
+    its old process cannot release, and its leases would count until they expire). The caller
+    makes sure the prefix names one holder family (it never frees another holder's slot)."""
+    held = conn.execute(
+        select(slots_t.c.id, slots_t.c.key_id, slots_t.c.lease_id, slots_t.c.holder).where(
+            slots_t.c.lease_id.is_not(None),
+            slots_t.c.holder.startswith(holder_prefix, autoescape=True),
+        )
+    ).all()
+    freed_count = 0
+    for row in held:
+        freed = conn.execute(
+            slots_t.update()
+            .where(slots_t.c.id == row.id, slots_t.c.lease_id == row.lease_id)
+            .values(
+                lease_id=None, holder=None, acquired_at=None, expires_at=None, reserved_tokens=0
+            )
+        ).rowcount
+        if freed:
+            freed_count += 1
+            audit.record(
+                "lease_reclaimed",
+                key_id=row.key_id,
+                lease_id=row.lease_id,
+                holder=row.holder,
+                reason="its holder restarted",
+            )
+    return freed_count

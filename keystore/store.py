@@ -372,6 +372,16 @@ class Keystore:
     def reclaim_expired(self) -> int:
         return self._write(lambda w: leases.reclaim_expired(w.conn, audit=w))
 
+    def reclaim_leases_of(self, holder_prefix: str) -> int:
+        """Free now every lease whose holder starts with `holder_prefix` (`"flow-run <id> "`: a
+        crashed run starting again), instead of waiting for their expiry; each is a
+        lease_reclaimed row. Returns how many were freed."""
+        if not holder_prefix.strip():
+            raise InvalidInput("holder_prefix: must not be empty")
+        return self._write(
+            lambda w: leases.reclaim_held_by(w.conn, holder_prefix=holder_prefix, audit=w)
+        )
+
     # -- limits ---------------------------------------------------------------------------------
     def mark_limited(
         self, key_id: int, signal: RateLimitSignal, *, run_id: str | None = None

@@ -2,8 +2,9 @@
 settings), not through the HTTP API.
 
 Commands live in small modules, each a typer sub-app (`keys`, `config`, `audit`, `master-key`,
-`db`) or top-level commands added by a `register(app)` function (`servers`). A new module (e.g.
-`runs.py` for serve/run/demo) registers itself below the same way. Nothing here imports Prefect.
+`db`, `automations`) or top-level commands added by a `register(app)` function (`servers`). A new
+module (e.g. `runs.py` for serve/run/demo) registers itself below the same way. Nothing here
+imports Prefect at import time (commands that talk to it import it when they run).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 import typer
 
-from api.cli import admin, audit, config, demo, keys, runs, servers
+from api.cli import admin, audit, automations, config, demo, keys, runs, servers
 from api.cli.errors import describe
 
 __all__ = ["app", "main"]
@@ -30,6 +31,7 @@ app.add_typer(config.app, name="config")
 app.add_typer(audit.app, name="audit")
 app.add_typer(admin.master_key_app, name="master-key")
 app.add_typer(admin.db_app, name="db")
+app.add_typer(automations.app, name="automations")
 servers.register(app)
 runs.register(app)
 demo.register(app)
