@@ -167,3 +167,29 @@ def test_openai_request_bucket_reports_go_durations(
         assert headers["x-ratelimit-reset-requests"] == "7.5s"
         emulator_clock.advance(2.5)
         assert ask_openai()["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_text_blocks_cost_what_the_same_text_as_a_string_costs(
+    emu: RunningEmulator, sdk: anthropic.Anthropic
+) -> None:
+    """LiteLLM sends every message as a list of text blocks, the SDKs as a string: a token
+    bucket must charge the same conversation the same."""
+    as_strings = [
+        {"role": "user", "content": "job 01: hello"},
+        {"role": "assistant", "content": "a reply"},
+        {"role": "user", "content": "Continue."},
+    ]
+    as_blocks = [
+        {"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in as_strings
+    ]
+    mixed = [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image"}]}]
+    costs = [
+        sdk.messages.count_tokens(model="claude-test", messages=messages).input_tokens
+        for messages in (as_strings, as_blocks, mixed)
+    ]
+    assert costs[0] == costs[1]
+    assert costs[2] > 2  # a list that is not only text is counted as sent
+    for messages in (as_strings, as_blocks):
+        sdk.messages.create(model="claude-test", max_tokens=64, messages=messages)
+    counters = emu.admin.key(api_key=API_KEY)
+    assert counters.input_tokens == 2 * costs[0]
