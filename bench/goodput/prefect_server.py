@@ -6,6 +6,7 @@ costs next to the client's own)."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -78,3 +79,4 @@ def prefect_server() -> Iterator[PrefectServer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        shutil.rmtree(home, ignore_errors=True)
