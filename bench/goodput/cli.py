@@ -5,7 +5,8 @@ order rotates each repeat), then the tables, the plots and the targets.
         [--workloads ...] [--postgres] [--write]
 
 `--write` appends the section to docs/benchmarks.md, saves the plots as
-docs/goodput/<date>-<workload>.png and the raw runs as docs/goodput/<date>-runs.json.
+docs/goodput/<date>-<workload>.png and the raw runs as docs/goodput/<date>-runs.json;
+`--render docs/goodput/<date>-runs.json [--write]` makes the section again from those runs.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--postgres", action="store_true", help="also keyrelay-pool-pg")
     parser.add_argument("--write", action="store_true", help="append to docs/benchmarks.md")
     parser.add_argument("--json", type=Path, default=None, help="also save the raw runs here")
+    parser.add_argument(
+        "--render", type=Path, default=None, help="no runs: the section from a saved runs file"
+    )
     return parser.parse_args(argv)
 
 
@@ -75,6 +79,9 @@ def _progress(result: RunResult) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
+    if args.render is not None:
+        render_saved(args.render, write=args.write)
+        return
     systems = list(args.systems or DEFAULT_SYSTEMS)
     if args.postgres and "keyrelay-pool-pg" not in systems:
         systems.append("keyrelay-pool-pg")
@@ -107,9 +114,15 @@ def main(argv: list[str] | None = None) -> None:
     _report(args, argv, workloads, results, elapsed_s=elapsed_s, load_before=load_before)
 
 
-def _save_runs(results: list[RunResult], path: Path) -> None:
+def _save_runs(info: RunInfo, results: list[RunResult], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([dataclasses.asdict(r) for r in results]) + "\n")
+    saved = {"info": dataclasses.asdict(info), "runs": [dataclasses.asdict(r) for r in results]}
+    path.write_text(json.dumps(saved) + "\n")
+
+
+def _load_runs(path: Path) -> tuple[RunInfo, list[RunResult]]:
+    saved = json.loads(path.read_text())
+    return RunInfo(**saved["info"]), [RunResult(**run) for run in saved["runs"]]
 
 
 def _report(
@@ -121,16 +134,7 @@ def _report(
     elapsed_s: float,
     load_before: float,
 ) -> None:
-    stamp = f"{datetime.now(UTC):%Y-%m-%d-%H%M}"
-    plots: dict[str, str] = {}
-    if args.write:
-        for workload in workloads:
-            relative = f"goodput/{stamp}-{workload.name}.png"
-            plot_workload(workload, results, DOCS / relative)
-            plots[workload.name] = relative
-        _save_runs(results, DOCS / "goodput" / f"{stamp}-runs.json")
-    if args.json is not None:
-        _save_runs(results, args.json)
+    now = datetime.now(UTC)
     given = argv if argv is not None else sys.argv[1:]
     info = RunInfo(
         command=shlex.join([".venv/bin/python", "-m", "bench.goodput", *given]),
@@ -138,11 +142,33 @@ def _report(
         time_scale=args.time_scale,
         elapsed_s=elapsed_s,
         load_before=load_before,
-        plots=plots,
+        stamp=f"{now:%Y-%m-%d-%H%M}",
+        finished_at=f"{now:%Y-%m-%d %H:%M} UTC",
+        workloads=[w.name for w in workloads],
     )
-    summaries = summarize(results)
-    section = render(info, workloads, summaries, judge(summaries))
-    print(section)
     if args.write:
+        _save_runs(info, results, DOCS / "goodput" / f"{info.stamp}-runs.json")
+    if args.json is not None:
+        _save_runs(info, results, args.json)
+    _publish(info, results, write=args.write)
+
+
+def _publish(info: RunInfo, results: list[RunResult], *, write: bool) -> None:
+    """Print the section; with `write`, draw the plots and append the section to the docs."""
+    every = build_workloads(info.time_scale)
+    workloads = [every[name] for name in info.workloads]
+    if write:
+        for workload in workloads:
+            plot_workload(workload, results, DOCS / info.plot(workload.name))
+    summaries = summarize(results)
+    section = render(info, workloads, summaries, judge(summaries), plots=write)
+    print(section)
+    if write:
         docs = DOCS / "benchmarks.md"
         docs.write_text(docs.read_text().rstrip("\n") + "\n\n" + section)
+
+
+def render_saved(path: Path, *, write: bool) -> None:
+    """The section (and with `write`, the plots) again from a saved run."""
+    info, results = _load_runs(path)
+    _publish(info, results, write=write)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from bench.goodput.summary import Spread, Summary
 from bench.goodput.systems import SYSTEMS
@@ -15,6 +15,12 @@ from bench.goodput.workloads import Workload
 
 __all__ = ["RunInfo", "render"]
 
+PREFECT_SYSTEMS = ("keyrelay-flows",)
+PATHS = {
+    "new": "the new keystore calls (`acquire(..., input_tokens=)`, `record_response`)",
+    "legacy": "the keystore calls from before `record_response` (`acquire(provider, holder)`, "
+    "then `mark_limited` / `record_utilization`)",
+}
 COLUMNS = (
     "| system | makespan s | / lower bound | / oracle | 429s | jobs failed "
     "| client CPU ms / call | added ms p50 | added ms p99 | record+release ms p50 |"
@@ -28,7 +34,13 @@ class RunInfo:
     time_scale: float
     elapsed_s: float
     load_before: float
-    plots: dict[str, str]  # workload -> path relative to docs/
+    stamp: str  # names the plots and the runs file
+    finished_at: str
+    workloads: list[str]
+
+    def plot(self, workload: str) -> str:
+        """The workload's plot, relative to docs/."""
+        return f"goodput/{self.stamp}-{workload}.png"
 
 
 def _cell(spread: Spread | None, digits: int = 2) -> str:
@@ -72,17 +84,31 @@ def _workload_section(workload: Workload, summaries: list[Summary], plot: str | 
     return lines
 
 
-def _notes(summaries: list[Summary]) -> list[str]:
-    lines = []
+def _orchestrator_note(workload: str, summaries: list[Summary]) -> list[str]:
+    """The Prefect server runs through every run; only the flows use it. Its CPU during the
+    other systems' runs is what it costs idle."""
+    flows = [s for s in summaries if s.system in PREFECT_SYSTEMS]
+    idle = [
+        s.orchestrator_cpu_ms_per_call.median
+        for s in summaries
+        if s.system not in PREFECT_SYSTEMS and s.orchestrator_cpu_ms_per_call is not None
+    ]
+    idle_text = (
+        f" (idle, during the other systems' runs: {statistics.median(idle):.1f})" if idle else ""
+    )
+    return [
+        f"- `{s.system}` on `{workload}`: the Prefect server used "
+        f"{_cell(s.orchestrator_cpu_ms_per_call, 1)} ms of CPU per finished call{idle_text}, "
+        "besides the client's."
+        for s in flows
+        if s.orchestrator_cpu_ms_per_call is not None
+    ]
+
+
+def _notes(workload: str, summaries: list[Summary]) -> list[str]:
+    lines = _orchestrator_note(workload, summaries)
     for summary in summaries:
-        if summary.orchestrator_cpu_ms_per_call is not None:
-            lines.append(
-                f"- `{summary.system}` on `{summary.workload}`: the Prefect server used "
-                f"{_cell(summary.orchestrator_cpu_ms_per_call, 1)} ms of CPU per finished call "
-                "besides the client's."
-            )
-        for error in summary.errors:
-            lines.append(f"- `{summary.system}` on `{summary.workload}`: {error}")
+        lines += [f"- `{summary.system}` on `{workload}`: {error}" for error in summary.errors]
     return lines
 
 
@@ -106,10 +132,16 @@ def render(
     workloads: list[Workload],
     summaries: dict[tuple[str, str], Summary],
     verdicts: list[Verdict],
+    *,
+    plots: bool,
 ) -> str:
-    paths = sorted({s.keystore_path for s in summaries.values() if s.keystore_path})
+    paths = sorted(
+        PATHS.get(s.keystore_path, s.keystore_path)
+        for s in summaries.values()
+        if s.keystore_path and s.system.startswith("keyrelay-pool")
+    )
     lines = [
-        f"### Goodput against an oracle, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
+        f"### Goodput against an oracle, {info.finished_at} "
         f"({os.cpu_count()} cores, Python {platform.python_version()}, time scale "
         f"{info.time_scale:g}, {info.repeats} interleaved repeats, {info.elapsed_s / 60:.0f} min, "
         f"load average {info.load_before:.1f} before)",
@@ -120,8 +152,8 @@ def render(
         "the same repeat. 429s: refusals the emulator answered. Client CPU: the client process "
         "between the start and its last job's end, per call served. Added: keyrelay's time from "
         "wanting a key to sending the request, per attempt; record+release: its bookkeeping "
-        "after each answer. Keystore calls used: "
-        f"{', '.join(paths) or '-'}.",
+        "after each answer. The pool API used "
+        f"{'; '.join(sorted(set(paths))) or '-'}.",
         "",
     ]
     by_workload: dict[str, list[Summary]] = {}
@@ -130,10 +162,10 @@ def render(
     order = {name: i for i, name in enumerate(SYSTEMS)}
     for workload in workloads:
         rows = sorted(by_workload.get(workload.name, []), key=lambda s: order[s.system])
-        lines += _workload_section(workload, rows, info.plots.get(workload.name))
+        lines += _workload_section(workload, rows, info.plot(workload.name) if plots else None)
     if verdicts:
         lines += ["#### keyrelay against the targets", "", *_targets(verdicts), ""]
-    notes = _notes([s for w in workloads for s in by_workload.get(w.name, [])])
+    notes = [line for w in workloads for line in _notes(w.name, by_workload.get(w.name, []))]
     if notes:
         lines += ["Notes:", "", *notes, ""]
     return "\n".join(lines)

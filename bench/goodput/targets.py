@@ -83,4 +83,9 @@ def judge(summaries: dict[tuple[str, str], Summary]) -> list[Verdict]:
                     unit=target.unit,
                 )
             )
-    return verdicts + _ahead_of_litellm(summaries)
+    verdicts += _ahead_of_litellm(summaries)
+    workloads = ("requests", "input_tokens", "org_group")
+    return sorted(
+        verdicts,
+        key=lambda v: (KEYRELAY.index(v.system), workloads.index(v.workload)),
+    )
