@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast lint bench demo clean
+.PHONY: test test-fast lint bench bench-goodput demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/lease_throughput.py
+
+# keyrelay against an oracle, naive rotation and LiteLLM Router on the provider emulator
+# (bench/goodput, ~20 min); appends to docs/benchmarks.md. Installs the `compare` extra (LiteLLM,
+# matplotlib), which `make test` never does. `make bench-goodput GOODPUT_ARGS="--repeats 1"`.
+bench-goodput: $(STAMP)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev,bench,compare]'
+	$(BIN)/python -m bench.goodput --write $(GOODPUT_ARGS)
 
 # A local Prefect server, the provider emulator, three keys and more runs than they allow, live;
 # about a minute, nothing left running afterwards. `make demo DEMO_ARGS=--keep` keeps the UI up.

@@ -20,7 +20,7 @@ from api.emulator.anthropic_messages import (
 )
 from api.emulator.exchange import Exchange
 from api.emulator.headers import anthropic_rate_limit_headers, unified_headers
-from api.emulator.replies import dangling_tool_uses, estimate_tokens
+from api.emulator.replies import dangling_tool_uses, estimate_tokens, plain_text_prompt
 from api.emulator.state import EmulatorState, Verdict
 
 __all__ = ["anthropic_router"]
@@ -63,7 +63,8 @@ def anthropic_router(state: EmulatorState) -> APIRouter:
         if (early := _reject_early(exchange, needs_max_tokens=False)) is not None:
             return early
         body = exchange.body or {}
-        tokens = estimate_tokens({k: body.get(k) for k in ("system", "messages", "tools")})
+        prompt = {k: body.get(k) for k in ("system", "messages", "tools")}
+        tokens = estimate_tokens(plain_text_prompt(prompt))
         return exchange.finish(JSONResponse({"input_tokens": tokens}))
 
     @router.api_route("/api/hello", methods=["GET", "HEAD"], include_in_schema=False)

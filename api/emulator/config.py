@@ -98,8 +98,10 @@ class WindowLimit(_Strict):
     output_tokens: int | None = Field(default=None, ge=1)
     window_s: float = Field(default=60.0, gt=0)
     # fixed: the window opens at the first request after the last one closed (like Claude's
-    # five-hour window) and resets all at once; sliding: the last `window_s` seconds count.
-    window: Literal["fixed", "sliding"] = "fixed"
+    # five-hour window) and resets all at once; sliding: the last `window_s` seconds count;
+    # token_bucket: each cap is a bucket that starts full and refills at cap / window_s per
+    # second (how Anthropic limits API keys; token_bucket.py).
+    window: Literal["fixed", "sliding", "token_bucket"] = "fixed"
 
 
 class LimitRule(KeyMatch, WindowLimit):

@@ -18,7 +18,13 @@ from api.emulator.agent import next_move
 from api.emulator.agent_script import AgentScript
 from api.emulator.headers import http_date
 from api.emulator.keys import Credential, read_credential
-from api.emulator.replies import Reply, estimate_tokens, make_reply, tool_results
+from api.emulator.replies import (
+    Reply,
+    estimate_tokens,
+    make_reply,
+    plain_text_prompt,
+    tool_results,
+)
 from api.emulator.reports import LogEntry
 from api.emulator.state import EmulatorState
 from api.emulator.windows import Usage
@@ -90,7 +96,8 @@ class Exchange:
             reply = next_move(agent, reply=reply, messages=self.messages, tools=tools)
         self.reply = reply
         return Usage(
-            input_tokens=estimate_tokens(prompt_parts), output_tokens=self.reply.output_tokens
+            input_tokens=estimate_tokens(plain_text_prompt(prompt_parts)),
+            output_tokens=self.reply.output_tokens,
         )
 
     def finish(

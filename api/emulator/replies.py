@@ -22,6 +22,7 @@ __all__ = [
     "dangling_tool_uses",
     "estimate_tokens",
     "make_reply",
+    "plain_text_prompt",
     "text_tokens",
     "tool_results",
     "visible_texts",
@@ -38,6 +39,38 @@ def estimate_tokens(payload: object) -> int:
     """chars/4 of the canonical JSON: deterministic, and roughly what providers count."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return max(1, math.ceil(len(text) / 4))
+
+
+def _plain(content: Any) -> Any:
+    if isinstance(content, list) and content and all(_is_text_block(b) for b in content):
+        return "".join(block["text"] for block in content)
+    return content
+
+
+def _is_text_block(block: Any) -> bool:
+    return (
+        isinstance(block, dict)
+        and block.get("type") == "text"
+        and isinstance(block.get("text"), str)
+    )
+
+
+def plain_text_prompt(prompt_parts: dict[str, Any]) -> dict[str, Any]:
+    """The prompt with every content made only of text blocks written as its text: a provider
+    counts the words, not the JSON around them. (LiteLLM sends each message as a list of text
+    blocks, the official SDKs as a string; the same conversation must cost the same.)"""
+    plain = dict(prompt_parts)
+    if "system" in plain:
+        plain["system"] = _plain(plain["system"])
+    messages = plain.get("messages")
+    if isinstance(messages, list):
+        plain["messages"] = [
+            {**m, "content": _plain(m.get("content"))}
+            if isinstance(m, dict) and "content" in m
+            else m
+            for m in messages
+        ]
+    return plain
 
 
 def text_tokens(text: str) -> int:

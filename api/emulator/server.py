@@ -22,6 +22,11 @@ from api.emulator.state import EmulatorState
 __all__ = ["RunningEmulator", "run_emulator", "serve_emulator"]
 
 _START_TIMEOUT_S = 10.0
+# uvicorn closes an idle connection after 5 s by default. A client that waits out a rate-limit
+# window of about that length and then reuses its pooled connection races the close and may see
+# "Server disconnected" (aiohttp, which LiteLLM uses, does); real API front-ends keep idle
+# connections far longer than any window a test or benchmark waits.
+KEEP_ALIVE_S = 120
 
 
 def _uvicorn_config(app: FastAPI, **kwargs: object) -> uvicorn.Config:
@@ -36,6 +41,7 @@ def _uvicorn_config(app: FastAPI, **kwargs: object) -> uvicorn.Config:
         lifespan="off",
         ws="none",
         timeout_graceful_shutdown=2,
+        timeout_keep_alive=KEEP_ALIVE_S,
         **kwargs,  # type: ignore[arg-type]
     )
 

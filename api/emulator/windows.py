@@ -1,9 +1,10 @@
 """Rate-limit windows: decide whether a request fits, and keep what each window actually served.
 
 A `Bucket` is one window owner: a key, a group of keys (org-wide limit) or everything (IP-wide).
-`decide` is pure; `commit` records a served request. Reports are recomputed from the served
-requests (not from the config), so "no window served more than its limit" is a real check of the
-emulator's own enforcement.
+Its limit's `window` says how it counts: `fixed` and `sliding` windows here, `token_bucket` in
+token_bucket.py. `decide` is pure; `commit` records a served request. Reports are recomputed from
+the served requests (not from the config), so "no window served more than its limit" is a real
+check of the emulator's own enforcement.
 """
 
 from __future__ import annotations
@@ -11,51 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from api.emulator.config import WindowLimit
+from api.emulator.token_bucket import TokenBuckets, replay_over_limit
+from api.emulator.usage import DIMENSIONS, Decision, DimensionState, Served, Usage
 
 __all__ = ["DIMENSIONS", "Bucket", "Decision", "DimensionState", "Served", "Usage"]
-
-DIMENSIONS = ("requests", "tokens", "input_tokens", "output_tokens")
-
-
-@dataclass(frozen=True)
-class Usage:
-    """What one request costs. Output is known up front because replies are deterministic."""
-
-    input_tokens: int
-    output_tokens: int
-    requests: int = 1
-
-    @property
-    def tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-    def get(self, dimension: str) -> int:
-        return int(getattr(self, dimension))
-
-
-@dataclass(frozen=True)
-class Served:
-    at: float
-    usage: Usage
-    key_fingerprint: str
-    limit: WindowLimit  # the limit in force when served: reports judge each request by it
-
-
-@dataclass(frozen=True)
-class DimensionState:
-    dimension: str
-    limit: int
-    remaining: int
-    reset_at: float  # epoch seconds at which this dimension next gains room
-
-
-@dataclass(frozen=True)
-class Decision:
-    admitted: bool
-    too_large: bool  # a cap is below this single request's cost: waiting can never help
-    retry_at: float | None  # when the refused request would fit (None if admitted or too large)
-    states: tuple[DimensionState, ...]  # after the request when admitted, as of now when not
-    utilization: float  # 0..1, the fullest dimension
 
 
 @dataclass
@@ -72,6 +32,7 @@ class Bucket:
         self.limit = limit
         self.served: list[Served] = []
         self.fixed_windows: list[_FixedWindow] = []
+        self.levels = TokenBuckets()  # used by `token_bucket` limits only
 
     def _live(self, now: float) -> list[Served]:
         """The served requests that count against the window at `now`."""
@@ -112,6 +73,8 @@ class Bucket:
         return now
 
     def decide(self, *, now: float, usage: Usage) -> Decision:
+        if self.limit.window == "token_bucket":
+            return self.levels.decide(limit=self.limit, now=now, usage=usage)
         live = self._live(now)
         window_reset = self._reset_at(now, live)
         # (dimension, cap, used, cost, when it has room for this request)
@@ -155,6 +118,8 @@ class Bucket:
                     current = _FixedWindow(start=now, end=now + self.limit.window_s)
                     self.fixed_windows.append(current)
                 current.served.append(item)
+            elif self.limit.window == "token_bucket":
+                self.levels.take(limit=self.limit, now=now, usage=usage)
             self.served.append(item)
         return decision
 
@@ -162,7 +127,9 @@ class Bucket:
         """(start, end, served) of every window that served something.
 
         Fixed: the windows as they were. Sliding: for each served request, the window that ends
-        at it (the busiest windows are among these, since counts only rise at a request).
+        at it (the busiest windows are among these, since counts only rise at a request). Token
+        buckets are reported like sliding windows; one of those may rightly hold up to twice the
+        cap (a full bucket, then a window's refill), so only `served_over_limit` judges them.
         """
         if self.limit.window == "fixed":
             return [(w.start, w.end, list(w.served)) for w in self.fixed_windows if w.served]
@@ -183,6 +150,8 @@ class Bucket:
                 for index, item in enumerate(window.served):
                     over += _exceeds(item.limit, window.served[: index + 1])
             return over
+        if self.limit.window == "token_bucket":
+            return replay_over_limit(self.served)
         # A sliding window is judged at the request that ends it.
         return sum(_exceeds(served[-1].limit, served) for _s, _e, served in self.served_windows())
 
