@@ -58,6 +58,7 @@ from keystore import (
     RateLimitSignal,
     RotationConfig,
 )
+from keystore.candidates import LOCAL_REFUSAL
 
 __all__ = ["STATE_NAMES", "agent_turn"]
 
@@ -130,6 +131,9 @@ async def _call(
     recorder: ResponseRecorder,
     attempt: _Attempt,
 ) -> TurnResult | RateLimitSignal | ExecutorError:
+    async def gate() -> RateLimitSignal | None:
+        return await in_thread(attempt.store.standing_refusal, lease)
+
     try:
         outcome = await executor.run_turn(
             lease,
@@ -138,6 +142,7 @@ async def _call(
             checkpoint=checkpoint,
             report=recorder,
             keep_partial=attempt.keep_partial,
+            gate=gate,
         )
     except ExecutorError as failed:
         return failed
@@ -151,7 +156,19 @@ async def _tell_keystore(
 ) -> Marked | None:
     """What the provider said goes into the keystore before the lease is released. Responses are
     recorded as they arrive (ResponseRecorder); what remains: a limit only the agent's own output
-    told of, and a key the provider rejected."""
+    told of, a key the provider rejected, and a request the keystore refused itself (counted
+    apart from the provider's 429s: it cost no call)."""
+    if isinstance(event, RateLimitSignal) and event.source.startswith(LOCAL_REFUSAL):
+        until = event.resets_at.isoformat(timespec="seconds") if event.resets_at else None
+        await in_thread(
+            store.record,
+            "key_refused_locally",
+            key_id=lease.key_id,
+            run_id=run_id,
+            why=event.source,
+            until=until,
+        )
+        return None
     if isinstance(event, RateLimitSignal) and event.cools_key and recorder.refusal is None:
         return await in_thread(store.mark_limited, lease.key_id, event, run_id=run_id)
     if isinstance(event, KeyRejected):

@@ -38,6 +38,7 @@ AuditType = Literal[
     "key_unusable",
     "key_rate_limited",
     "key_rotated",
+    "key_refused_locally",
     "lease_reclaimed",
     "pool_waiting",
     "pool_resumed",

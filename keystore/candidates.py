@@ -13,6 +13,7 @@ back as columns, so `explain` never disagrees with `acquire`. When a key may ser
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,9 +26,11 @@ from keystore.eligibility import key_state
 from keystore.errors import NoKeyAvailable
 from keystore.keys import keys_t, slots_t
 from keystore.leases import last_use
+from keystore.ratelimits.readings import UNIFIED_PREFIX
+from keystore.ratelimits.signal import RateLimitSignal, SignalKind
 from keystore.types import as_utc
 
-__all__ = ["Candidate", "candidates", "exhausted"]
+__all__ = ["LOCAL_REFUSAL", "Candidate", "candidates", "exhausted", "standing_refusal"]
 
 CandidateState = Literal["available", "busy", "cooling", "limited", "disabled", "unusable"]
 
@@ -239,3 +242,37 @@ def exhausted(found: list[Candidate], *, provider: str, now: datetime) -> NoKeyA
     if first.frees_by == "lease":
         return NoKeyAvailable(provider, reason="all_busy", retry_at=retry_at, detail=detail)
     return NoKeyAvailable(provider, reason="all_cooling", retry_at=retry_at, detail=detail)
+
+
+LOCAL_REFUSAL = "keyrelay"  # the `source` of a refusal the keystore made, not the provider
+
+
+def standing_refusal(
+    conn: Connection, *, key_id: int, lease_acquired_at: datetime, now: datetime
+) -> RateLimitSignal | None:
+    """What the keystore already knows would refuse the next request of a lease's holder on
+    `key_id`: the key cooling, or a bucket that said it has nothing left before its reset (the
+    holder's own lease is not counted against it: its requests are the ones being asked about).
+    None when the provider should be asked."""
+    k = keys_t.c
+    row = conn.execute(
+        select(k.cooling_until, k.cooling_reason, k.reserve).where(k.id == key_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    cooling_until = as_utc(row.cooling_until)
+    if cooling_until is not None and cooling_until > now:
+        why = row.cooling_reason or "cooling"
+        return RateLimitSignal("rate_limit", cooling_until, True, f"{LOCAL_REFUSAL}: {why}")
+    refusals = []
+    for bucket in limits.limits_of(conn, now=now, key_ids=[key_id]):
+        own = 1 if lease_acquired_at > bucket.observed_at else 0
+        mine = dataclasses.replace(bucket, leases_since=max(0, bucket.leases_since - own))
+        why = mine.refusal(need_tokens=1, reserve=row.reserve)
+        if why is not None:
+            refusals.append((bucket, why))
+    if not refusals:
+        return None
+    bucket, why = max(refusals, key=lambda pair: pair[0].reset_at)
+    kind: SignalKind = "usage_limit" if bucket.bucket.startswith(UNIFIED_PREFIX) else "rate_limit"
+    return RateLimitSignal(kind, bucket.reset_at, True, f"{LOCAL_REFUSAL}: {why}")

@@ -463,6 +463,17 @@ class Keystore:
             )
         )
 
+    def standing_refusal(self, lease: Lease) -> RateLimitSignal | None:
+        """Whether the keystore already knows the provider would refuse the next request on
+        `lease`'s key (cooling, or a bucket that said it is spent before its reset): a relay
+        answers that itself instead of spending a call on a certain refusal. The signal's
+        `source` starts with LOCAL_REFUSAL."""
+        return self._read(
+            lambda conn: candidates.standing_refusal(
+                conn, key_id=lease.key_id, lease_acquired_at=lease.acquired_at, now=self._clock()
+            )
+        )
+
     def limits(self, provider: str | None = None) -> list[BucketPublic]:
         """What each key's provider last said about its limit buckets, while it holds."""
         if provider is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 from datetime import timedelta
@@ -65,7 +66,7 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")  # a zombie is dead, only not reaped yet
 
 
-async def test_the_child_gets_an_allow_listed_environment_with_only_the_leased_key(
+async def test_the_child_gets_an_allow_listed_environment_and_only_a_placeholder(
     keystore: Keystore, fake_bin: Path, seen_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-api03-decoy-from-the-parent")
@@ -80,15 +81,20 @@ async def test_the_child_gets_an_allow_listed_environment_with_only_the_leased_k
     assert isinstance(result, TurnResult)
     child = seen(seen_file)
     env = child["env"]
-    assert env["ANTHROPIC_API_KEY"] == secret and "CLAUDE_CODE_OAUTH_TOKEN" not in env
+    # the key stays in the turn's relay: the child gets a placeholder of its kind, and the relay
+    placeholder = env["ANTHROPIC_API_KEY"]
+    assert placeholder.startswith("sk-ant-api03-keyrelay-") and placeholder != secret
+    assert secret not in json.dumps(child) and "CLAUDE_CODE_OAUTH_TOKEN" not in env
     assert "AWS_SECRET_ACCESS_KEY" not in env and env["LANG"] == "C.UTF-8"
-    assert env["ANTHROPIC_BASE_URL"] == "http://option.invalid"  # the option wins
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", env["ANTHROPIC_BASE_URL"])
+    assert env["NO_PROXY"] == env["no_proxy"] == "127.0.0.1,localhost"  # straight to the relay
     assert {k: env[k] for k in SETTINGS} == SETTINGS
     home = Path(env["HOME"])
     assert env["CLAUDE_CONFIG_DIR"] == str(home / ".claude")
     assert not home.exists()  # the turn's directory is gone
     expected = set(SETTINGS) | {"PATH", "LANG", "HOME", "CLAUDE_CONFIG_DIR", "TMPDIR"}
-    expected |= {"ANTHROPIC_API_KEY", "FAKE_CLAUDE_MODE", "FAKE_CLAUDE_OUT"}
+    expected |= {"ANTHROPIC_API_KEY", "FAKE_CLAUDE_MODE", "FAKE_CLAUDE_OUT", "NO_PROXY", "no_proxy"}
+    expected |= {"ANTHROPIC_BASE_URL"}
     expected |= {name for name in INHERITED_VARS if os.environ.get(name)}  # proxies, CA files
     assert set(env) - {"PWD", "SHLVL", "_"} == expected  # (/bin/sh adds PWD, SHLVL, _)
     assert child["stdin"] == "-p looks like a flag"  # on stdin, never parsed as an option
@@ -98,7 +104,7 @@ async def test_the_child_gets_an_allow_listed_environment_with_only_the_leased_k
     assert os.environ["ANTHROPIC_API_KEY"] == "sk-ant-api03-decoy-from-the-parent"
 
 
-async def test_an_oauth_token_goes_in_claude_code_oauth_token_only(
+async def test_an_oauth_token_gets_an_oauth_placeholder_in_claude_code_oauth_token_only(
     keystore: Keystore, fake_bin: Path, seen_file: Path
 ) -> None:
     secret = oauth_token("env")
@@ -107,7 +113,8 @@ async def test_an_oauth_token_goes_in_claude_code_oauth_token_only(
             lease, prompt="hi", model=None, checkpoint=None
         )
     env = seen(seen_file)["env"]
-    assert env["CLAUDE_CODE_OAUTH_TOKEN"] == secret
+    assert env["CLAUDE_CODE_OAUTH_TOKEN"].startswith("sk-ant-oat01-keyrelay-")
+    assert secret not in json.dumps(env)
     assert "ANTHROPIC_API_KEY" not in env and "ANTHROPIC_AUTH_TOKEN" not in env
 
 
@@ -201,7 +208,7 @@ async def test_failures_raise_their_error_class(
         assert secret not in str(error) and error.__context__ is None
 
 
-async def test_a_reply_echoing_the_secret_is_redacted_in_text_and_checkpoint(
+async def test_an_agent_echoing_its_credential_can_only_echo_the_placeholder(
     keystore: Keystore, fake_bin: Path, seen_file: Path
 ) -> None:
     secret = api_key("leak")
@@ -210,7 +217,8 @@ async def test_a_reply_echoing_the_secret_is_redacted_in_text_and_checkpoint(
             lease, prompt="hi", model=None, checkpoint=None
         )
     assert isinstance(result, TurnResult)
-    assert result.text == f"fake turn 1: hi {mask(secret)}"
+    assert result.text.startswith("fake turn 1: hi sk-ant-api03-keyrelay-")  # dead after the turn
+    assert secret not in result.text and mask(secret) not in result.text
     assert secret not in json.dumps(result.checkpoint)
 
 

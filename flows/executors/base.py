@@ -33,6 +33,7 @@ from keystore.ratelimits import RateLimitSignal
 __all__ = [
     "AGENTS",
     "Executor",
+    "Gate",
     "KeepPartial",
     "ProviderResponse",
     "Report",
@@ -54,6 +55,9 @@ class ProviderResponse:
 
 
 Report = Callable[[ProviderResponse], Awaitable[None]]
+# Asked before each provider request: a signal means the keystore already knows the key would
+# refuse it, and the request is not sent (the signal is the turn's outcome instead).
+Gate = Callable[[], Awaitable[RateLimitSignal | None]]
 # Takes the executor state of a turn that ended without a result, as far as it got (an agent that
 # works in steps, such as the `claude` CLI, resumes from it instead of starting the turn over).
 KeepPartial = Callable[[dict[str, Any]], Awaitable[None]]
@@ -84,6 +88,7 @@ class Executor(Protocol):
         checkpoint: dict[str, Any] | None,
         report: Report | None = None,
         keep_partial: KeepPartial | None = None,
+        gate: Gate | None = None,
     ) -> TurnOutcome: ...
 
 

@@ -6,7 +6,10 @@
 
 Each turn gets a fresh private directory with HOME, CLAUDE_CONFIG_DIR and TMPDIR, deleted after
 the turn; the CLI runs in a sandbox (sandbox.py: bubblewrap, when the mode and the machine allow)
-and the key goes only into the child's environment (subprocess_env.py). The checkpoint carries
+and talks to a per-turn relay on 127.0.0.1 (relay.py) that holds the leased key: the CLI's
+environment has only a placeholder, worthless anywhere else. The relay hands every response to
+`report` as it arrives (the keystore learns each bucket mid-turn) and answers a request `gate`
+says must fail with a local 429, without a provider call. The checkpoint carries
 the session transcript (transcript.py), so the next turn resumes the same conversation on any
 key, in any process, on any machine. The working directory is the `workdir` option, or a
 temporary directory per executor.
@@ -30,6 +33,7 @@ a 401 on an OAuth token: such a turn can cost two provider calls.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import weakref
@@ -46,6 +50,7 @@ from flows.executors.cli_output import turn_failure, turn_usage, turn_utilizatio
 from flows.executors.cli_process import CliOutput, run_cli
 from flows.executors.errors import AgentFailed, ExecutorError, ProviderTimeout
 from flows.executors.redact import Redactor
+from flows.executors.relay import Gate, Relay
 from flows.executors.sandbox import Sandbox, SandboxMode, read_from_sandbox
 from flows.executors.subprocess_env import check_extra_env, child_env
 from flows.executors.transcript import (
@@ -65,6 +70,7 @@ __all__ = ["ClaudeCodeExecutor"]
 
 log = logging.getLogger(__name__)
 AGENT = "claude-code"
+DEFAULT_UPSTREAM = "https://api.anthropic.com"
 # Flags the executor owns; `extra_args` may add others (`--permission-mode`, `--allowedTools`).
 _OWNED_FLAGS = frozenset(
     {
@@ -151,7 +157,10 @@ class ClaudeCodeExecutor:
         checkpoint: dict[str, Any] | None,
         report: Report | None = None,
         keep_partial: KeepPartial | None = None,
+        gate: Gate | None = None,
     ) -> TurnOutcome:
+        """`gate` is asked before each of the CLI's requests (relay.py): a signal it returns is
+        answered with a local 429 and becomes the turn's outcome."""
         check_prompt(prompt)
         session = Session.from_checkpoint(checkpoint) if checkpoint is not None else None
         binary = await self._binary()
@@ -168,9 +177,14 @@ class ClaudeCodeExecutor:
             redactor = Redactor(secret)
             done = False
             try:
-                output = await self._run_cli(binary, model, session, turn, secret, warning, prompt)
-                del secret
-                outcome = self._outcome(
+                async with Relay(
+                    secret=secret, upstream=self._upstream(), report=report, gate=gate
+                ) as relay:
+                    del secret  # only the relay holds it now; the CLI gets its placeholder
+                    output = await self._run_cli(
+                        binary, model, session, turn, relay, warning, prompt
+                    )
+                outcome = relay.last_refusal or self._outcome(
                     output,
                     config_dir=turn.config_dir,
                     lease=lease,
@@ -194,18 +208,18 @@ class ClaudeCodeExecutor:
         model: str | None,
         session: Session | None,
         turn: _TurnDirs,
-        secret: str,
+        relay: Relay,
         sandbox_warning: str | None,
         prompt: str,
     ) -> CliOutput | ExecutorError:
         env = child_env(
-            secret=secret,
+            secret=relay.placeholder,
             home=turn.home,
             config_dir=turn.config_dir,
             tmp_dir=turn.tmp_dir,
-            base_url=self.base_url,
             extra=self.extra_env,
         )
+        env.update(relay.child_env())
         if self.sandbox.mode != "off" and sandbox_warning is None:
             env["IS_SANDBOX"] = "1"  # the CLI allows bypassPermissions inside a sandbox only
         writable = [turn.root, *(Path(d).resolve() for d in self.job.add_dirs)]
@@ -222,12 +236,14 @@ class ClaudeCodeExecutor:
                 f"{AGENT}: no result within {self.timeout_s:g} s; the CLI was killed", agent=AGENT
             )
         except OSError as exc:  # not executable, vanished, workdir gone
-            redactor = Redactor(secret)
-            return AgentFailed(
-                f"{AGENT}: could not start {binary}: {redactor.excerpt(str(exc))}", agent=AGENT
-            )
+            return AgentFailed(f"{AGENT}: could not start {binary}: {exc}"[:500], agent=AGENT)
         finally:
             wrapped.clear()
+
+    def _upstream(self) -> str:
+        """Where the relay forwards: the `base_url` option, else the worker's ANTHROPIC_BASE_URL
+        (a gateway, the emulator), else Anthropic."""
+        return self.base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_UPSTREAM
 
     def _partial(
         self, config_dir: Path, session: Session | None, redactor: Redactor

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from flows.executors.base import (
+    Gate,
     KeepPartial,
     ProviderResponse,
     Report,
@@ -78,8 +79,11 @@ class HttpExecutor(ABC):
         checkpoint: dict[str, Any] | None,
         report: Report | None = None,
         keep_partial: KeepPartial | None = None,  # one call: nothing done before it ends
+        gate: Gate | None = None,
     ) -> TurnOutcome:
         check_prompt(prompt)
+        if gate is not None and (refused := await gate()) is not None:
+            return refused  # the keystore knows this call would be refused: not sent
         history = conversation_from(checkpoint)
         secret = lease.secret()
         redactor = Redactor(secret)

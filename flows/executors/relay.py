@@ -42,14 +42,13 @@ import hmac
 import logging
 import secrets
 import socket
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
 
 import httpx
 
-from flows.executors.base import Report
+from flows.executors.base import Gate, Report
 from flows.executors.redact import Redactor
 from flows.executors.relay_answers import local_limit, refusal
 from flows.executors.relay_connection import IncomingRequest, ResponseChannel, serve_connection
@@ -65,7 +64,6 @@ __all__ = ["Gate", "KeyKind", "Relay", "RelayStats"]
 log = logging.getLogger(__name__)
 
 KeyKind = Literal["api_key", "oauth"]
-Gate = Callable[[], Awaitable[RateLimitSignal | None]]
 HOST = "127.0.0.1"
 LOOPBACK_NAMES = "127.0.0.1,localhost"
 # Anthropic refuses Messages requests over 32 MB; the relay will not hold more in memory.

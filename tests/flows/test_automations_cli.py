@@ -84,7 +84,8 @@ def test_apply_is_idempotent_and_list_and_rm_show_and_remove(cli: Any) -> None:
             )
         )
     code, mended = cli("automations", "apply", "--crash-after-s", "120", "--json")
-    assert _outcomes(mended)[KEY_UNUSABLE] == "updated"
+    # which of the two it keeps (the paused one, re-enabled, or its twin) is the id order's
+    assert _outcomes(mended)[KEY_UNUSABLE] in ("updated", "unchanged")
     code, listed = cli("automations", "list", "--json")
     assert sorted(a["name"] for a in listed["automations"]) == sorted(AUTOMATION_NAMES)
     assert all(a["enabled"] for a in listed["automations"])
