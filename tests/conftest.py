@@ -34,7 +34,16 @@ PG_URL = os.environ.get(
 )
 REQUIRE_PG = os.environ.get("KEYRELAY_REQUIRE_POSTGRES") == "1"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-TABLES = ("lease_slots", "keys", "audit_events", "rotation_config", "checkpoints", "run_waits")
+TABLES = (
+    "lease_slots",
+    "key_limits",
+    "keys",
+    "audit_events",
+    "rotation_config",
+    "checkpoints",
+    "run_waits",
+    "workdir_snapshots",
+)
 
 
 def _pg_available() -> str | None:
