@@ -13,7 +13,6 @@ back as columns, so `explain` never disagrees with `acquire`. When a key may ser
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -210,7 +209,7 @@ def _limited_until(
     lease_ends: datetime | None,
 ) -> tuple[datetime | None, Literal["lease", "reset", "none"]]:
     """When every refusing bucket has room: a bucket short on its own waits for its reset; one
-    short only because of leases taken since its reading (a herd) waits for those to answer,
+    short only because of the leases out on it (a herd) waits for those to answer,
     which brings a fresh reading; that is a lease coming back, not a reset to wait out."""
     latest: datetime | None = None
     by: Literal["lease", "reset", "none"] = "none"
@@ -248,7 +247,7 @@ LOCAL_REFUSAL = "keyrelay"  # the `source` of a refusal the keystore made, not t
 
 
 def standing_refusal(
-    conn: Connection, *, key_id: int, lease_acquired_at: datetime, now: datetime
+    conn: Connection, *, key_id: int, lease_id: str, now: datetime
 ) -> RateLimitSignal | None:
     """What the keystore already knows would refuse the next request of a lease's holder on
     `key_id`: the key cooling, or a bucket that said it has nothing left before its reset (the
@@ -265,10 +264,9 @@ def standing_refusal(
         why = row.cooling_reason or "cooling"
         return RateLimitSignal("rate_limit", cooling_until, True, f"{LOCAL_REFUSAL}: {why}")
     refusals = []
-    for bucket in limits.limits_of(conn, now=now, key_ids=[key_id]):
-        own = 1 if lease_acquired_at > bucket.observed_at else 0
-        mine = dataclasses.replace(bucket, leases_since=max(0, bucket.leases_since - own))
-        why = mine.refusal(need_tokens=1, reserve=row.reserve)
+    buckets = limits.limits_of(conn, now=now, key_ids=[key_id], exclude_lease=lease_id)
+    for bucket in buckets:
+        why = bucket.refusal(need_tokens=1, reserve=row.reserve)
         if why is not None:
             refusals.append((bucket, why))
     if not refusals:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -83,9 +84,11 @@ def to_public(
     if state == "unusable":
         data["cooling_reason"] = row.unusable_reason
     if state in ("available", "busy"):
-        # A bucket the provider said is spent: the key waits for its reset like a cooling one.
-        spent = [(b, b.refusal(need_tokens=1, reserve=row.reserve)) for b in buckets]
-        spent = [(b, why) for b, why in spent if why is not None and b.leases_since == 0]
+        # A bucket the provider said is spent: the key waits for its reset like a cooling one
+        # (not a bucket only the leases out on it fill: that key is busy, not cooling).
+        alone = [dataclasses.replace(b, leases_out=0, tokens_out=0) for b in buckets]
+        spent = [(b, b.refusal(need_tokens=1, reserve=row.reserve)) for b in alone]
+        spent = [(b, why) for b, why in spent if why is not None]
         if spent:
             state = "cooling"
             data["cooling_until"] = max(b.reset_at for b, _ in spent)

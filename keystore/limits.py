@@ -6,11 +6,16 @@ ORDER BY, so admission and choice happen in the same statement that takes the sl
 `candidates` (as columns, so `explain` shows exactly what acquisition decided):
 
 - `blocked`: a bucket refuses the next request before its reset. A requests bucket refuses when
-  its last `remaining`, minus the leases taken since that observation (their requests are not
-  counted in it yet), is below one; a token bucket when that minus their announced tokens is below
-  the request's `input_tokens`; an output-tokens bucket at zero; a subscription window when it is
-  rejected or used up to the key's `reserve`. Leases taken since the observation are what stops a
-  herd: waiters woken by the same reset are admitted only as far as the bucket holds.
+  its last `remaining`, minus the leases out on it (each may send a request the reading does not
+  count yet), is below one; a token bucket when that minus their announced tokens is below the
+  request's `input_tokens`; an output-tokens bucket at zero; a subscription window when it is
+  rejected or used up to the key's `reserve`. Counting every lease out, not only those taken
+  after the reading, is deliberate: a request sent before the reading may be answered after it,
+  and counting it twice for the moment between its answer and its release costs far less than a
+  429. The leases out are what stops a herd: waiters woken by the same reset are admitted only as
+  far as the bucket holds.
+- Keys of one `group` share the provider's limits: a reading from one is stored for all of
+  them, and the leases out on any of them count against each.
 - Nothing counts past its reset: a bucket is full again then (the safe model for fixed windows
   and token buckets alike: a bucket is never assumed to hold more before its reset than it said).
 - `utilization`: the most-used bucket whose reset is still ahead (so it ages out at the reset).
@@ -32,6 +37,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     and_,
+    bindparam,
     exists,
     func,
     literal,
@@ -40,7 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from keystore.models import KeyLimit, LeaseSlot
+from keystore.models import Key, KeyLimit, LeaseSlot
 from keystore.ratelimits.readings import UNIFIED_PREFIX, BucketReading
 from keystore.types import as_utc
 
@@ -55,17 +61,49 @@ __all__ = [
 
 limits_t = KeyLimit.__table__  # type: ignore[attr-defined]
 _slots_t = LeaseSlot.__table__  # type: ignore[attr-defined]
+keys_t = Key.__table__  # type: ignore[attr-defined]
 REQUEST_BUCKETS = ("requests",)
 TOKEN_BUCKETS = ("tokens", "input-tokens")
 OUTPUT_BUCKETS = ("output-tokens",)
 
 
+def _sharing() -> Any:
+    """The key (bind parameter p_key) and the keys of its group, if it has one."""
+    k, me = keys_t.c, keys_t.alias("me")
+    group = select(me.c.group).where(me.c.id == bindparam("p_key")).scalar_subquery()
+    provider = select(me.c.provider).where(me.c.id == bindparam("p_key")).scalar_subquery()
+    return select(k.id).where(
+        or_(k.id == bindparam("p_key"), and_(k.group == group, k.provider == provider))
+    )
+
+
+def _upsert(dialect: Any) -> Any:
+    """Insert a bucket's reading, or replace one read earlier (never one read later: answers
+    can be recorded out of order)."""
+    insert = dialect.insert(limits_t)
+    fields = ("limit", "remaining", "utilization", "reset_at", "observed_at", "rejected")
+    return insert.on_conflict_do_update(
+        index_elements=[limits_t.c.key_id, limits_t.c.bucket],
+        set_={name: insert.excluded[name] for name in fields},
+        where=limits_t.c.observed_at <= insert.excluded.observed_at,
+    )
+
+
+# Built once: building them per response cost more than running them.
+_SHARING = _sharing()
+_UPSERT = {"postgresql": _upsert(postgresql), "sqlite": _upsert(sqlite)}
+
+
 def record_readings(
     conn: Connection, key_id: int, readings: Iterable[BucketReading], *, observed_at: datetime
 ) -> None:
+    kept = [r for r in readings if r.reset_at is not None]
+    if not kept:
+        return
+    sharing = list(conn.execute(_SHARING, {"p_key": key_id}).scalars())
     rows = [
         {
-            "key_id": key_id,
+            "key_id": sharer,
             "bucket": r.bucket,
             "limit": r.limit,
             "remaining": r.remaining,
@@ -74,43 +112,47 @@ def record_readings(
             "observed_at": observed_at,
             "rejected": r.rejected,
         }
-        for r in readings
-        if r.reset_at is not None
+        for r in kept
+        for sharer in sharing
     ]
-    if not rows:
-        return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    insert = dialect.insert(limits_t)
-    upsert = insert.on_conflict_do_update(
-        index_elements=[limits_t.c.key_id, limits_t.c.bucket],
-        set_={
-            name: insert.excluded[name]
-            for name in ("limit", "remaining", "utilization", "reset_at", "observed_at", "rejected")
-        },
-        where=limits_t.c.observed_at <= insert.excluded.observed_at,
-    )
-    conn.execute(upsert, rows)
+    conn.execute(_UPSERT[conn.dialect.name], rows)
 
 
-def _since_observation(key_id: Any, now: Any, observed_at: Any) -> Any:
-    """Leases of the key taken after the bucket was observed and still out."""
+def _out_on(keys: Any, now: Any, exclude_lease: str | None) -> tuple[Any, Any]:
+    """(leases, their announced tokens) out on the key of the row `keys` (the outer query's
+    keys table) or on any key sharing its group; the lease `exclude_lease` (its holder is the
+    one asking) left out."""
     s = _slots_t.c
-    return and_(s.key_id == key_id, s.expires_at > now, s.acquired_at > observed_at)
+    sharer = keys_t.alias("sharer")
+    shares = or_(
+        sharer.c.id == keys.id,
+        and_(
+            keys.group.is_not(None),
+            sharer.c.group == keys.group,
+            sharer.c.provider == keys.provider,
+        ),
+    )
+    out = [shares, s.expires_at > now]
+    if exclude_lease is not None:
+        out.append(s.lease_id != exclude_lease)
+    joined = _slots_t.join(sharer, sharer.c.id == s.key_id)
+    leases = select(func.count()).select_from(joined).where(*out).correlate(keys_t)
+    tokens = (
+        select(func.coalesce(func.sum(s.reserved_tokens), 0))
+        .select_from(joined)
+        .where(*out)
+        .correlate(keys_t)
+    )
+    return leases.scalar_subquery(), tokens.scalar_subquery()
 
 
 def blocked(keys: Any, now: Any, need_tokens: Any) -> ColumnElement[bool]:
     """True when one of the key's buckets refuses a request of `need_tokens` input tokens now."""
     b = limits_t.alias("bucket")
-    s = _slots_t.c
-    since = _since_observation(b.c.key_id, now, b.c.observed_at)
-    leases_since = select(func.count()).where(since).scalar_subquery()
-    tokens_since = select(func.coalesce(func.sum(s.reserved_tokens), 0)).where(since)
+    leases_out, tokens_out = _out_on(keys, now, None)
     refuses = or_(
-        and_(b.c.bucket.in_(REQUEST_BUCKETS), b.c.remaining - leases_since < 1),
-        and_(
-            b.c.bucket.in_(TOKEN_BUCKETS),
-            b.c.remaining - tokens_since.scalar_subquery() < need_tokens,
-        ),
+        and_(b.c.bucket.in_(REQUEST_BUCKETS), b.c.remaining - leases_out < 1),
+        and_(b.c.bucket.in_(TOKEN_BUCKETS), b.c.remaining - tokens_out < need_tokens),
         and_(b.c.bucket.in_(OUTPUT_BUCKETS), b.c.remaining < 1),
         and_(
             b.c.bucket.startswith(UNIFIED_PREFIX),
@@ -142,7 +184,8 @@ def window_reset(keys: Any, now: Any) -> Any:
 
 @dataclass(frozen=True)
 class BucketState:
-    """One bucket as `explain` and the API show it (in-flight: leases taken since the reading)."""
+    """One bucket as `explain` and the API show it, with the leases out on it (their requests
+    may not be counted in `remaining` yet)."""
 
     key_id: int
     bucket: str
@@ -152,20 +195,19 @@ class BucketState:
     reset_at: datetime
     observed_at: datetime
     rejected: bool
-    leases_since: int
-    tokens_since: int
+    leases_out: int
+    tokens_out: int
 
     def refusal(self, *, need_tokens: int, reserve: float) -> str | None:
         """Why this bucket refuses a request now (None: it does not). Mirrors `blocked`."""
         left = self.remaining
         if self.bucket in REQUEST_BUCKETS and left is not None:
-            if left - self.leases_since < 1:
-                return f"requests {left:g} left, {self.leases_since} in flight"
+            if left - self.leases_out < 1:
+                return f"requests {left:g} left, {self.leases_out} in flight"
         elif self.bucket in TOKEN_BUCKETS and left is not None:
-            if left - self.tokens_since < need_tokens:
+            if left - self.tokens_out < need_tokens:
                 return (
-                    f"{self.bucket} {left:g} left, {self.tokens_since} reserved, "
-                    f"{need_tokens} needed"
+                    f"{self.bucket} {left:g} left, {self.tokens_out} reserved, {need_tokens} needed"
                 )
         elif self.bucket in OUTPUT_BUCKETS and left is not None:
             if left < 1:
@@ -181,20 +223,18 @@ class BucketState:
 
 
 def limits_of(
-    conn: Connection, *, now: datetime, key_ids: Sequence[int] | None = None
+    conn: Connection,
+    *,
+    now: datetime,
+    key_ids: Sequence[int] | None = None,
+    exclude_lease: str | None = None,
 ) -> list[BucketState]:
-    """Every bucket whose reset is still ahead, with what was leased since it was read."""
+    """Every bucket whose reset is still ahead, with the leases out on it (but `exclude_lease`)."""
     b = limits_t.c
-    s = _slots_t.c
-    since = _since_observation(b.key_id, now, b.observed_at)
-    leases_since = select(func.count()).where(since).scalar_subquery()
-    tokens_since = select(func.coalesce(func.sum(s.reserved_tokens), 0)).where(since)
+    leases_out, tokens_out = _out_on(keys_t.c, now, exclude_lease)
     query = (
-        select(
-            limits_t,
-            leases_since.label("leases_since"),
-            tokens_since.scalar_subquery().label("tokens_since"),
-        )
+        select(limits_t, leases_out.label("leases_out"), tokens_out.label("tokens_out"))
+        .join(keys_t, keys_t.c.id == b.key_id)
         .where(b.reset_at > now)
         .order_by(b.key_id, b.bucket)
     )
@@ -210,8 +250,8 @@ def limits_of(
             reset_at=_aware(row.reset_at),
             observed_at=_aware(row.observed_at),
             rejected=bool(row.rejected),
-            leases_since=int(row.leases_since),
-            tokens_since=int(row.tokens_since),
+            leases_out=int(row.leases_out),
+            tokens_out=int(row.tokens_out),
         )
         for row in conn.execute(query)
     ]

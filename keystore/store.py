@@ -470,7 +470,7 @@ class Keystore:
         `source` starts with LOCAL_REFUSAL."""
         return self._read(
             lambda conn: candidates.standing_refusal(
-                conn, key_id=lease.key_id, lease_acquired_at=lease.acquired_at, now=self._clock()
+                conn, key_id=lease.key_id, lease_id=lease.id, now=self._clock()
             )
         )
 

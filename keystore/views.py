@@ -50,8 +50,8 @@ class BucketPublic(BaseModel):
     reset_at: datetime
     observed_at: datetime
     rejected: bool
-    leases_since: int
-    tokens_since: int
+    leases_out: int
+    tokens_out: int
 
 
 class CandidatePublic(BaseModel):

@@ -283,3 +283,18 @@ def test_the_emulators_answers_keep_a_key_from_a_certain_refusal(
         assert served == 6
         counters = emulator.admin.keys()
         assert sum(k.rate_limited for k in counters) == 0
+
+
+def test_keys_of_one_group_share_what_the_provider_said(ks: Keystore) -> None:
+    """An org-wide limit: one key's answer speaks for every key of its group, and a lease out on
+    one counts against all of them."""
+    a = _add(ks, "a", group="org", max_concurrency=4)
+    b = _add(ks, "b", group="org", max_concurrency=4)
+    loner = _add(ks, "loner", priority=200)
+    _ok(ks, a, _buckets(requests=(40, 1, 30)))
+    assert {(x.key_id, x.remaining) for x in ks.limits()} == {(a, 1), (b, 1)}
+    first = ks.acquire(provider="anthropic", holder="h1")
+    assert first.key_id in (a, b)
+    assert ks.acquire(provider="anthropic", holder="h2").key_id == loner  # the org is full
+    reasons = {c.id: c.reason for c in ks.explain("anthropic").candidates}
+    assert "requests 1 left, 1 in flight" in reasons[a] and "1 in flight" in reasons[b]

@@ -201,7 +201,7 @@ def key_limits(
             "-" if b.remaining is None else f"{b.remaining:g}",
             "-" if b.limit is None else f"{b.limit:g}",
             "-" if b.utilization is None else f"{b.utilization:.0%}",
-            str(b.leases_since),
+            str(b.leases_out),
             when(b.reset_at),
         )
     console.print(table if buckets else "no provider has reported a limit yet")
