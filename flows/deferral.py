@@ -13,10 +13,17 @@ tests in tests/flows/test_deferral.py fail loudly if an upgrade changes any of t
    code 0, so `serve()` / the worker see no crash and pick the same run up at the scheduled time.
    (Returning would overwrite the state with Completed, raising with Failed, SystemExit with
    Crashed.) The engine logs "Finished in state AwaitingRateLimit" at ERROR level: cosmetic.
+4. Once the server holds the Scheduled state, a SIGTERM (a worker shutting down while the process
+   is still exiting) ends the process with code 0: there is nothing left to save, and a worker
+   that saw -15 would report the parked run as Crashed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
 from datetime import datetime
 from typing import NoReturn
 from uuid import UUID
@@ -58,4 +65,16 @@ async def defer_flow_run(flow_run_id: UUID, *, until: datetime, message: str) ->
         )
     if not state.is_scheduled():
         raise DeferralRejected(f"the server kept the run {state.type.value}: {state.message}")
+    _exit_cleanly_on_sigterm()
     raise Pause(state=state)
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    def leave(signum: int, frame: object) -> None:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(0)
+
+    with contextlib.suppress(ValueError):  # not the main thread: Prefect's handler stays
+        signal.signal(signal.SIGTERM, leave)

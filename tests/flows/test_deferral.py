@@ -8,6 +8,7 @@ run sticking in Cancelling), they fail here."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -157,3 +158,55 @@ async def test_serve_process_is_free_while_a_run_waits(
     assert datetime.now(UTC) < (still.next_scheduled_start_time or datetime.now(UTC)) + timedelta(
         seconds=WINDOW_S
     )
+
+
+_PARK_AND_LINGER = """
+import asyncio, sys, time
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+from prefect.exceptions import Pause
+from flows.deferral import defer_flow_run
+
+until = datetime.now(UTC) + timedelta(minutes=5)
+try:
+    asyncio.run(defer_flow_run(UUID(sys.argv[1]), until=until, message="every key spent"))
+except Pause:
+    print("parked", flush=True)
+time.sleep(60)  # still exiting (flushing logs, closing clients) when the worker stops
+"""
+
+
+async def test_a_parked_run_is_not_crashed_by_a_worker_stopping(
+    flow_env: FlowEnv, tmp_path: Any
+) -> None:
+    """SIGTERM to a flow process that has already parked its run exits 0: a process worker
+    reports a crash for any other exit code, and the waiting run would be marked Crashed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from prefect import flow
+    from prefect.states import Running
+
+    @flow(name="parks-then-lingers")
+    def parks() -> None: ...
+
+    async with get_client() as client:
+        run = await client.create_flow_run(parks, state=Running())
+    with subprocess.Popen(
+        [sys.executable, "-c", _PARK_AND_LINGER, str(run.id)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "parked"
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 0
+        finally:
+            process.kill()
+    parked = await _wait_for(run.id, lambda r: True, 1, "?")
+    assert _deferred(parked)
