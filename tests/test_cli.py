@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import sqlite3
+import signal
 import subprocess
 import sys
 import time
@@ -316,13 +317,16 @@ def test_keys_status_watch_refreshes_until_interrupted(cli: Cli) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as in a terminal: a job started in the background (CI under `cmd &`) inherits SIGINT
+        # ignored, and Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         time.sleep(4)  # the first table is up (the keystore import takes a while)
         cli("keys", "add", "--provider", "openai", "--name", "second", stdin=secret_for("second"))
         time.sleep(2)  # a refresh or more later
     finally:
-        watching.send_signal(2)  # Ctrl-C
+        watching.send_signal(signal.SIGINT)  # Ctrl-C
         out, err = watching.communicate(timeout=30)
     assert watching.returncode == 0, err
     assert "first" in out and "second" in out  # the table was redrawn with the new key
