@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sqlite3
-import signal
 import subprocess
 import sys
 import time
