@@ -8,10 +8,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +16,7 @@ from cryptography.fernet import Fernet
 
 from api.emulator import EmulatorConfig, RunningEmulator, serve_emulator
 from keystore import MasterKey, open_keystore
-from tests.flows.support import FlowEnv, PrefectServer, ServeProcess
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.flows.support import FlowEnv, PrefectServer, ServeProcess, serving
 
 
 @pytest.fixture(scope="session")
@@ -81,35 +75,5 @@ def flow_env(
 @pytest.fixture
 def server_process(flow_env: FlowEnv, tmp_path: Path) -> Iterator[ServeProcess]:
     """`python -m deployments.serve` against the test server, like `keyrelay serve`."""
-    from prefect.settings import PREFECT_HOME
-
-    log = tmp_path / "serve.log"
-    env = {
-        **os.environ,
-        **flow_env.env,
-        "PREFECT_HOME": str(PREFECT_HOME.value()),
-        "PYTHONPATH": str(ROOT),
-    }
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "deployments.serve", "--limit", "2"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    served = ServeProcess(process, log)
-    deadline = time.monotonic() + 60
-    while "agent-run/default" not in served.output():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"serve did not start:\n{served.output()}")
-        time.sleep(0.2)
-    yield served
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    with serving(flow_env, tmp_path / "serve.log") as served:
+        yield served

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from api.emulator import RunningEmulator
 from keystore import Keystore
 
+ROOT = Path(__file__).resolve().parents[2]
 SECRETS: set[str] = set()  # every secret a flow test put in a keystore (see test_secrets_scan)
 
 
@@ -44,3 +50,50 @@ def add_key(env: FlowEnv, name: str, provider: str = "anthropic", **fields: obje
     SECRETS.add(secret)
     key = env.store.add_key(name=name, provider=provider, secret=secret, **fields)  # type: ignore[arg-type]
     return key.id
+
+
+@contextlib.contextmanager
+def serving(
+    env: FlowEnv,
+    log: Path,
+    command: tuple[str, ...] = ("deployments.serve", "--limit", "2"),
+    ready: str = "agent-run/default",
+    **settings: str,
+) -> Iterator[ServeProcess]:
+    """A `python -m <command>` child serving deployments against the test server (by default
+    `deployments.serve --limit 2`, what `keyrelay serve` runs), with the flow environment plus
+    `settings`; yielded once its log names the `ready` deployment, stopped on exit, SIGTERM
+    first."""
+    from prefect.settings import PREFECT_HOME
+
+    child = {
+        **os.environ,
+        **env.env,
+        "PREFECT_HOME": str(PREFECT_HOME.value()),
+        "PYTHONPATH": str(ROOT),
+        **settings,
+    }
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", *command],
+            cwd=ROOT,
+            env=child,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    served = ServeProcess(process, log)
+    try:
+        deadline = time.monotonic() + 60
+        while ready not in served.output():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"serve did not start:\n{served.output()}")
+            time.sleep(0.2)
+        yield served
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
