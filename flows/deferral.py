@@ -13,21 +13,22 @@ tests in tests/flows/test_deferral.py fail loudly if an upgrade changes any of t
    code 0, so `serve()` / the worker see no crash and pick the same run up at the scheduled time.
    (Returning would overwrite the state with Completed, raising with Failed, SystemExit with
    Crashed.) The engine logs "Finished in state AwaitingRateLimit" at ERROR level: cosmetic.
-4. Once the server holds the Scheduled state, a SIGTERM (a worker shutting down while the process
-   is still exiting) ends the process with code 0: there is nothing left to save, and a worker
-   that saw -15 would report the parked run as Crashed.
+4. Before raising, report the attempt as concluded on the runner's control channel, as the
+   engine itself does for a final or Paused state (`report_engine_outcome`). A runner or process
+   worker that holds that receipt treats the process as done whatever its exit code, and a
+   runner shutting down does not cancel it: without it, `serve` or a worker stopped while the
+   process is still exiting would mark the parked run Cancelled or Crashed. A process started
+   without a control channel (no supervisor) ignores the report.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import sys
 from datetime import datetime
 from typing import NoReturn
 from uuid import UUID
 
+from prefect._internal.attempt_control import EngineOutcomeReceipt
+from prefect._internal.control_listener import report_engine_outcome
 from prefect.client.orchestration import get_client
 from prefect.exceptions import Pause
 from prefect.states import Scheduled
@@ -65,16 +66,10 @@ async def defer_flow_run(flow_run_id: UUID, *, until: datetime, message: str) ->
         )
     if not state.is_scheduled():
         raise DeferralRejected(f"the server kept the run {state.type.value}: {state.message}")
-    _exit_cleanly_on_sigterm()
+    assert state.id is not None and state.name is not None  # the server's accepted state
+    report_engine_outcome(
+        EngineOutcomeReceipt.state_reported(
+            state_id=state.id, state_type=state.type.value, state_name=state.name
+        )
+    )
     raise Pause(state=state)
-
-
-def _exit_cleanly_on_sigterm() -> None:
-    def leave(signum: int, frame: object) -> None:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(0)
-
-    with contextlib.suppress(ValueError):  # not the main thread: Prefect's handler stays
-        signal.signal(signal.SIGTERM, leave)

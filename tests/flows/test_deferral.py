@@ -8,8 +8,8 @@ run sticking in Cancelling), they fail here."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -21,7 +21,7 @@ from prefect.deployments import run_deployment
 
 from api.emulator import LimitRule
 from flows.turn_loop import RESUME_MARGIN_S
-from tests.flows.support import FlowEnv, ServeProcess, add_key
+from tests.flows.support import FlowEnv, ServeProcess, add_key, serving
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 WINDOW_S = 20.0
@@ -35,7 +35,7 @@ async def _wait_for(run_id: UUID, done: Any, timeout_s: float, what: str) -> Flo
             if done(run):
                 return run
             if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: run is {run.state_type} {run.state_name}")
+                raise AssertionError(f"{what}: run is {run.state_type} {run.state_name} {run.state.message}")
             await anyio.sleep(0.2)
 
 
@@ -160,53 +160,19 @@ async def test_serve_process_is_free_while_a_run_waits(
     )
 
 
-_PARK_AND_LINGER = """
-import asyncio, sys, time
-from datetime import UTC, datetime, timedelta
-from uuid import UUID
-from prefect.exceptions import Pause
-from flows.deferral import defer_flow_run
-
-until = datetime.now(UTC) + timedelta(minutes=5)
-try:
-    asyncio.run(defer_flow_run(UUID(sys.argv[1]), until=until, message="every key spent"))
-except Pause:
-    print("parked", flush=True)
-time.sleep(60)  # still exiting (flushing logs, closing clients) when the worker stops
-"""
-
-
-async def test_a_parked_run_is_not_crashed_by_a_worker_stopping(
-    flow_env: FlowEnv, tmp_path: Any
+async def test_stopping_serve_while_a_parked_run_exits_leaves_it_waiting(
+    flow_env: FlowEnv, tmp_path: Path
 ) -> None:
-    """SIGTERM to a flow process that has already parked its run exits 0: a process worker
-    reports a crash for any other exit code, and the waiting run would be marked Crashed."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from prefect import flow
-    from prefect.states import Running
-
-    @flow(name="parks-then-lingers")
-    def parks() -> None: ...
-
-    async with get_client() as client:
-        run = await client.create_flow_run(parks, state=Running())
-    with subprocess.Popen(
-        [sys.executable, "-c", _PARK_AND_LINGER, str(run.id)],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as process:
-        try:
-            assert process.stdout is not None
-            assert process.stdout.readline().strip() == "parked"
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=10) == 0
-        finally:
-            process.kill()
-    parked = await _wait_for(run.id, lambda r: True, 1, "?")
-    assert _deferred(parked)
+    """A `serve` process stopped while the process of a run that has just parked is still
+    exiting cancels what it runs and kills it: the parked run must stay AwaitingRateLimit (the
+    deferral reported the attempt concluded), not turn Cancelled or Crashed."""
+    lingering = ("tests.flows.lingering_flow",)
+    with serving(flow_env, tmp_path / "serve.log", lingering, "parks-and-lingers/test") as served:
+        run = await run_deployment("parks-and-lingers/test", timeout=0)
+        await _wait_for(run.id, _deferred, 60, "never parked")
+        await anyio.sleep(1)  # the engine is done; the process sleeps in its atexit hook
+        served.process.terminate()
+        served.process.wait(timeout=30)
+    after = await _wait_for(run.id, lambda r: True, 1, "?")
+    assert _deferred(after), (after.state_name, served.output()[-2000:])
+    assert "Cancelled flow run" not in served.output()
