@@ -35,7 +35,8 @@ async def _wait_for(run_id: UUID, done: Any, timeout_s: float, what: str) -> Flo
             if done(run):
                 return run
             if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: run is {run.state_type} {run.state_name} {run.state.message}")
+                message = run.state.message if run.state else None
+                raise AssertionError(f"{what}: run is {run.state_type} {run.state_name}: {message}")
             await anyio.sleep(0.2)
 
 
