@@ -28,7 +28,5 @@ async def parks_and_lingers(linger_s: float = 8.0) -> None:
 if __name__ == "__main__":
     from tests.flows.lingering_flow import parks_and_lingers as importable  # not __main__'s
 
-    deployment = importable.to_deployment(
-        name="test", entrypoint_type=EntrypointType.MODULE_PATH
-    )
+    deployment = importable.to_deployment(name="test", entrypoint_type=EntrypointType.MODULE_PATH)
     serve(deployment, query_seconds=1)  # type: ignore[arg-type]
