@@ -19,10 +19,20 @@ tests in tests/flows/test_deferral.py fail loudly if an upgrade changes any of t
    runner shutting down does not cancel it: without it, `serve` or a worker stopped while the
    process is still exiting would mark the parked run Cancelled or Crashed. A process started
    without a control channel (no supervisor) ignores the report.
+5. A SIGTERM sent straight to the process while it parks (`systemctl stop` or `docker stop`
+   signal every process of the service, not only `serve`) is held until the server has answered:
+   Prefect's own handler would crash the run in the middle of its Scheduled state. Once the run
+   is parked the signal is dropped (the process is leaving anyway, and the runner holds the
+   receipt); if the deferral failed it is delivered again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import NoReturn
 from uuid import UUID
@@ -52,20 +62,22 @@ async def defer_flow_run(flow_run_id: UUID, *, until: datetime, message: str) ->
     `serve()` process or worker will pick up again."""
     if until.tzinfo is None:
         raise ValueError("until must be timezone-aware")
-    async with get_client() as client:
-        await client.request(
-            "PATCH",
-            "/flow_runs/{id}",
-            path_params={"id": flow_run_id},
-            json={"infrastructure_pid": None},
-        )
-        state = await propose_state(
-            client,
-            Scheduled(scheduled_time=until, name=AWAITING_RATE_LIMIT, message=message),
-            flow_run_id=flow_run_id,
-        )
-    if not state.is_scheduled():
-        raise DeferralRejected(f"the server kept the run {state.type.value}: {state.message}")
+    with _sigterm_held() as held:
+        async with get_client() as client:
+            await client.request(
+                "PATCH",
+                "/flow_runs/{id}",
+                path_params={"id": flow_run_id},
+                json={"infrastructure_pid": None},
+            )
+            state = await propose_state(
+                client,
+                Scheduled(scheduled_time=until, name=AWAITING_RATE_LIMIT, message=message),
+                flow_run_id=flow_run_id,
+            )
+        if not state.is_scheduled():
+            raise DeferralRejected(f"the server kept the run {state.type.value}: {state.message}")
+        held.parked = True
     assert state.id is not None and state.name is not None  # the server's accepted state
     report_engine_outcome(
         EngineOutcomeReceipt.state_reported(
@@ -73,3 +85,35 @@ async def defer_flow_run(flow_run_id: UUID, *, until: datetime, message: str) ->
         )
     )
     raise Pause(state=state)
+
+
+@dataclass
+class _Held:
+    parked: bool = False
+    signalled: bool = False
+
+
+@contextlib.contextmanager
+def _sigterm_held() -> Iterator[_Held]:
+    """Hold a SIGTERM that arrives while the run parks (see point 5 of the module docstring):
+    once parked, it is dropped and SIGTERM stays ignored (Prefect restores its own handler when
+    the engine ends); otherwise it is delivered again on the way out."""
+    held = _Held()
+
+    def hold(signum: int, frame: object) -> None:
+        held.signalled = True
+
+    try:
+        previous = signal.signal(signal.SIGTERM, hold)
+    except ValueError:  # not the main thread: nothing to hold
+        yield held
+        return
+    try:
+        yield held
+    finally:
+        if held.parked:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        else:
+            signal.signal(signal.SIGTERM, previous)
+            if held.signalled:
+                os.kill(os.getpid(), signal.SIGTERM)

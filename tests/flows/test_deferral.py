@@ -161,19 +161,29 @@ async def test_serve_process_is_free_while_a_run_waits(
     )
 
 
-async def test_stopping_serve_while_a_parked_run_exits_leaves_it_waiting(
+async def test_stopping_serve_or_its_runs_while_they_park_leaves_them_waiting(
     flow_env: FlowEnv, tmp_path: Path
 ) -> None:
-    """A `serve` process stopped while the process of a run that has just parked is still
-    exiting cancels what it runs and kills it: the parked run must stay AwaitingRateLimit (the
-    deferral reported the attempt concluded), not turn Cancelled or Crashed."""
+    """Two ways a stop meets a run that parks. A `serve` process stopped while the process of a
+    run that has just parked is still exiting cancels what it runs and kills it; a SIGTERM sent
+    to the run's own process (`systemctl stop` signals every process of the service) can land
+    between the server accepting the Scheduled state and the deferral's end. Either way the
+    parked run must stay AwaitingRateLimit (the deferral reported the attempt concluded and held
+    the signal), not turn Cancelled or Crashed."""
     lingering = ("tests.flows.lingering_flow",)
     with serving(flow_env, tmp_path / "serve.log", lingering, "parks-and-lingers/test") as served:
-        run = await run_deployment("parks-and-lingers/test", timeout=0)
-        await _wait_for(run.id, _deferred, 60, "never parked")
-        await anyio.sleep(1)  # the engine is done; the process sleeps in its atexit hook
+        runs = [
+            await run_deployment("parks-and-lingers/test", timeout=0),
+            await run_deployment(
+                "parks-and-lingers/test", parameters={"sigterm_while_parking": True}, timeout=0
+            ),
+        ]
+        for run in runs:
+            await _wait_for(run.id, _deferred, 60, "never parked")
+        await anyio.sleep(1)  # the engines are done; the processes sleep in their atexit hooks
         served.process.terminate()
         served.process.wait(timeout=30)
-    after = await _wait_for(run.id, lambda r: True, 1, "?")
-    assert _deferred(after), (after.state_name, served.output()[-2000:])
+    for run in runs:
+        after = await _wait_for(run.id, lambda r: True, 1, "?")
+        assert _deferred(after), (after.state_name, served.output()[-2000:])
     assert "Cancelled flow run" not in served.output()
