@@ -13,6 +13,7 @@ back as columns, so `explain` never disagrees with `acquire`. When a key may ser
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -168,9 +169,9 @@ def _candidate(
         free_at, frees_by = row.cooling_until, "reset"
     elif row.blocked:
         state = "limited"
-        refusing = [(b, b.refusal(need_tokens=need, reserve=row.reserve)) for b in buckets]
+        refusing = [(b, b.refusal(now=now, need_tokens=need, reserve=row.reserve)) for b in buckets]
         refusing = [(b, why) for b, why in refusing if why is not None]
-        free_at, frees_by = _limited_until(refusing, need=need, lease_ends=lease_ends)
+        free_at, frees_by = _limited_until(refusing, now=now, need=need, lease_ends=lease_ends)
         whys = "; ".join(why for _, why in refusing if why) or "a limit bucket refuses"
         until = f" until {free_at.isoformat(timespec='seconds')}" if free_at else ""
         reason = f"limited{until}: {whys}"
@@ -191,35 +192,40 @@ def _candidate(
             reason += f", window resets {window_reset.isoformat(timespec='seconds')}"
         if over:
             reason += f", utilization {row.used:.2f} >= {threshold} (chosen last)"
-        left = [_left(b) for b in buckets if b.remaining is not None]
+        left = [_left(b, now) for b in buckets if b.remaining is not None]
         if left:
             reason += f" ({', '.join(left)})"
     return Candidate(row.id, row.name, state, reason, sort_key, free_at, frees_by, tuple(buckets))
 
 
-def _left(bucket: limits.BucketState) -> str:
+def _left(bucket: limits.BucketState, now: datetime) -> str:
     until = bucket.reset_at.isoformat(timespec="seconds")
+    held = bucket.projected(now)
+    if held != bucket.remaining and held is not None:
+        return f"{bucket.bucket} ~{math.floor(held)} left, refilling to {bucket.limit:g} by {until}"
     return f"{bucket.bucket} {bucket.remaining:g} left until {until}"
 
 
 def _limited_until(
     refusing: list[tuple[limits.BucketState, str | None]],
     *,
+    now: datetime,
     need: int,
     lease_ends: datetime | None,
 ) -> tuple[datetime | None, Literal["lease", "reset", "none"]]:
-    """When every refusing bucket has room: a bucket short on its own waits for its reset; one
-    short only because of the leases out on it (a herd) waits for those to answer,
-    which brings a fresh reading; that is a lease coming back, not a reset to wait out."""
+    """When every refusing bucket has room: a bucket short on its own waits until it holds the
+    request and what the leases out on it reserved (a token bucket refilling; any other bucket
+    at its reset); one short only because of the leases out on it (a herd) waits for those to
+    answer, which brings a fresh reading: that is a lease coming back, not a reset to wait out."""
     latest: datetime | None = None
     by: Literal["lease", "reset", "none"] = "none"
     for bucket, _ in refusing:
-        intrinsic = bucket.remaining is None or bucket.remaining < (
-            need if bucket.bucket in limits.TOKEN_BUCKETS else 1
-        )
-        when, why = bucket.reset_at, "reset"
+        held = bucket.projected(now)
+        intrinsic = held is None or held < (need if bucket.bucket in limits.TOKEN_BUCKETS else 1)
+        room = bucket.room_at(need + bucket.tokens_out)
+        when, why = room, "reset"
         if not intrinsic:
-            when, why = min(bucket.reset_at, lease_ends or bucket.reset_at), "lease"
+            when, why = min(room, lease_ends or room), "lease"
         if latest is None or when > latest:
             latest, by = when, why  # type: ignore[assignment]
     return latest, by
@@ -266,11 +272,11 @@ def standing_refusal(
     refusals = []
     buckets = limits.limits_of(conn, now=now, key_ids=[key_id], exclude_lease=lease_id)
     for bucket in buckets:
-        why = bucket.refusal(need_tokens=1, reserve=row.reserve)
+        why = bucket.refusal(now=now, need_tokens=1, reserve=row.reserve)
         if why is not None:
             refusals.append((bucket, why))
     if not refusals:
         return None
-    bucket, why = max(refusals, key=lambda pair: pair[0].reset_at)
+    bucket, why = max(refusals, key=lambda pair: pair[0].room_at(1))
     kind: SignalKind = "usage_limit" if bucket.bucket.startswith(UNIFIED_PREFIX) else "rate_limit"
-    return RateLimitSignal(kind, bucket.reset_at, True, f"{LOCAL_REFUSAL}: {why}")
+    return RateLimitSignal(kind, bucket.room_at(1), True, f"{LOCAL_REFUSAL}: {why}")

@@ -87,11 +87,11 @@ def to_public(
         # A bucket the provider said is spent: the key waits for its reset like a cooling one
         # (not a bucket only the leases out on it fill: that key is busy, not cooling).
         alone = [dataclasses.replace(b, leases_out=0, tokens_out=0) for b in buckets]
-        spent = [(b, b.refusal(need_tokens=1, reserve=row.reserve)) for b in alone]
+        spent = [(b, b.refusal(now=now, need_tokens=1, reserve=row.reserve)) for b in alone]
         spent = [(b, why) for b, why in spent if why is not None]
         if spent:
             state = "cooling"
-            data["cooling_until"] = max(b.reset_at for b, _ in spent)
+            data["cooling_until"] = max(b.room_at(1) for b, _ in spent)
             data["cooling_reason"] = "; ".join(why for _, why in spent if why)
     return KeyPublic(**data, state=state, active_leases=active)
 

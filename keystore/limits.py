@@ -16,8 +16,12 @@ ORDER BY, so admission and choice happen in the same statement that takes the sl
   far as the bucket holds.
 - Keys of one `group` share the provider's limits: a reading from one is stored for all of
   them, and the leases out on any of them count against each.
-- Nothing counts past its reset: a bucket is full again then (the safe model for fixed windows
-  and token buckets alike: a bucket is never assumed to hold more before its reset than it said).
+- Nothing counts past its reset: a bucket is full again then. Before it, a token bucket (tokens,
+  input-tokens) is projected to refill in a straight line from what it said to full at its reset
+  (the rate its limit and reset imply: Anthropic's buckets refill continuously, and its whole-second
+  resets only make the line a little slower than the real one), so a request that fits goes out
+  as soon as the bucket holds it, not at the full refill. A requests bucket is not: a fixed window
+  holds nothing more until it resets.
 - `utilization`: the most-used bucket whose reset is still ahead (so it ages out at the reset).
 - `window_reset`: the soonest reset among a subscription's windows (its unused quota expires
   first, so such a key is preferred).
@@ -28,9 +32,10 @@ Until a key has answered once it has no rows and is used normally: one probe per
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -38,6 +43,7 @@ from sqlalchemy import (
     Connection,
     and_,
     bindparam,
+    case,
     exists,
     func,
     literal,
@@ -48,7 +54,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from keystore.models import Key, KeyLimit, LeaseSlot
 from keystore.ratelimits.readings import UNIFIED_PREFIX, BucketReading
-from keystore.types import as_utc
+from keystore.types import as_utc, epoch_s
 
 __all__ = [
     "BucketState",
@@ -152,7 +158,7 @@ def blocked(keys: Any, now: Any, need_tokens: Any) -> ColumnElement[bool]:
     leases_out, tokens_out = _out_on(keys, now, None)
     refuses = or_(
         and_(b.c.bucket.in_(REQUEST_BUCKETS), b.c.remaining - leases_out < 1),
-        and_(b.c.bucket.in_(TOKEN_BUCKETS), b.c.remaining - tokens_out < need_tokens),
+        and_(b.c.bucket.in_(TOKEN_BUCKETS), _projected(b.c, now) - tokens_out < need_tokens),
         and_(b.c.bucket.in_(OUTPUT_BUCKETS), b.c.remaining < 1),
         and_(
             b.c.bucket.startswith(UNIFIED_PREFIX),
@@ -160,6 +166,18 @@ def blocked(keys: Any, now: Any, need_tokens: Any) -> ColumnElement[bool]:
         ),
     )
     return exists().where(b.c.key_id == keys.id, b.c.reset_at > now, refuses)
+
+
+def _projected(b: Any, now: Any) -> Any:
+    """What a token bucket holds at `now`: its reading refilled in a straight line to `limit` at
+    `reset_at` (the reading itself without a limit). The SQL twin of `BucketState.projected`."""
+    span = epoch_s(b.reset_at) - epoch_s(b.observed_at)
+    refilled = b.remaining + (b.limit - b.remaining) * (
+        (epoch_s(now) - epoch_s(b.observed_at)) / span
+    )
+    return case(
+        (and_(b.limit.is_not(None), b.limit > b.remaining, span > 0), refilled), else_=b.remaining
+    )
 
 
 def utilization(keys: Any, now: Any) -> Any:
@@ -198,16 +216,47 @@ class BucketState:
     leases_out: int
     tokens_out: int
 
-    def refusal(self, *, need_tokens: int, reserve: float) -> str | None:
+    def _refills(self) -> bool:
+        return (
+            self.bucket in TOKEN_BUCKETS
+            and self.limit is not None
+            and self.remaining is not None
+            and self.limit > self.remaining
+            and self.reset_at > self.observed_at
+        )
+
+    def projected(self, now: datetime) -> float | None:
+        """What the bucket holds at `now` (see the module docstring; mirrors `_projected`)."""
+        if not self._refills():
+            return self.remaining
+        assert self.limit is not None and self.remaining is not None
+        span = (self.reset_at - self.observed_at).total_seconds()
+        elapsed = (now - self.observed_at).total_seconds()
+        return self.remaining + (self.limit - self.remaining) * (elapsed / span)
+
+    def room_at(self, need: float) -> datetime:
+        """When the bucket holds `need` (a token bucket refilling toward its reset; every other
+        bucket at its reset)."""
+        if not self._refills():
+            return self.reset_at
+        assert self.limit is not None and self.remaining is not None
+        span = (self.reset_at - self.observed_at).total_seconds()
+        share = max(0.0, (need - self.remaining) / (self.limit - self.remaining))
+        return min(self.reset_at, self.observed_at + timedelta(seconds=share * span))
+
+    def refusal(self, *, now: datetime, need_tokens: int, reserve: float) -> str | None:
         """Why this bucket refuses a request now (None: it does not). Mirrors `blocked`."""
         left = self.remaining
         if self.bucket in REQUEST_BUCKETS and left is not None:
             if left - self.leases_out < 1:
                 return f"requests {left:g} left, {self.leases_out} in flight"
         elif self.bucket in TOKEN_BUCKETS and left is not None:
-            if left - self.tokens_out < need_tokens:
+            held = self.projected(now)
+            assert held is not None
+            if held - self.tokens_out < need_tokens:
                 return (
-                    f"{self.bucket} {left:g} left, {self.tokens_out} reserved, {need_tokens} needed"
+                    f"{self.bucket} {math.floor(held)} left, {self.tokens_out} reserved,"
+                    f" {need_tokens} needed"
                 )
         elif self.bucket in OUTPUT_BUCKETS and left is not None:
             if left < 1:

@@ -6,7 +6,7 @@ and resets order the choice."""
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -64,15 +64,44 @@ def test_a_success_that_says_remaining_0_stops_leases_until_the_reset(
     assert ks.get_key(a).state != "cooling"
 
 
+def _near(moment: datetime | None, seconds: float) -> bool:
+    """`moment` is T0 + `seconds`, give or take the millisecond the readings are taken before
+    now (and SQLite's millisecond time arithmetic)."""
+    return moment is not None and abs((moment - T0).total_seconds() - seconds) < 0.01
+
+
 def test_with_every_key_spent_retry_at_is_the_earliest_refill(ks: Keystore) -> None:
     a = _add(ks, "a")
     b = _add(ks, "b")
     _ok(ks, a, _buckets(input_tokens=(10_000, 0, 30)))
     _ok(ks, b, _buckets(input_tokens=(10_000, 0, 12), requests=(50, 0, 40)))
     with pytest.raises(NoKeyAvailable) as err:
-        ks.acquire(provider="anthropic", holder="h")
-    # b waits for its later bucket (40 s); a's single bucket refills at 30 s
-    assert (err.value.reason, err.value.retry_at) == ("all_cooling", T0 + timedelta(seconds=30))
+        ks.acquire(provider="anthropic", holder="h", input_tokens=5_000)
+    # b waits for its requests window (40 s); a's token bucket, refilling to full in 30 s,
+    # holds the 5,000 tokens at half of that
+    assert err.value.reason == "all_cooling"
+    assert _near(err.value.retry_at, 15), err.value.retry_at
+
+
+def test_a_token_bucket_refills_toward_its_reset(ks: Keystore, clock: ManualClock) -> None:
+    """A continuously refilling bucket (Anthropic's) serves a request as soon as it holds it,
+    not at its full refill; a requests window holds nothing more until it resets."""
+    tokens = _add(ks, "tokens", priority=1)
+    window = _add(ks, "window", priority=2)
+    _ok(ks, tokens, _buckets(input_tokens=(10_000, 1_000, 60)))
+    _ok(ks, window, _buckets(requests=(10, 0, 60)))
+    with pytest.raises(NoKeyAvailable) as err:
+        ks.acquire(provider="anthropic", holder="h", input_tokens=4_000)
+    assert _near(err.value.retry_at, 20), err.value.retry_at  # 3,000 more at 150 a second
+    clock.advance(19.9)
+    with pytest.raises(NoKeyAvailable):
+        ks.acquire(provider="anthropic", holder="h", input_tokens=4_000)
+    explained = {c.id: c.reason for c in ks.explain("anthropic", input_tokens=4_000).candidates}
+    assert "input-tokens 3985 left, 0 reserved, 4000 needed" in explained[tokens]
+    clock.advance(0.1)
+    assert ks.acquire(provider="anthropic", holder="h", input_tokens=4_000).key_id == tokens
+    clock.advance(30)  # well before the window's reset: still nothing on it
+    assert ks.explain("anthropic").candidates[-1].reason.startswith("limited")
 
 
 def test_a_request_goes_to_a_key_its_tokens_fit(ks: Keystore) -> None:
@@ -87,7 +116,9 @@ def test_a_request_goes_to_a_key_its_tokens_fit(ks: Keystore) -> None:
     assert "input-tokens 1500 left, 1000 reserved, 2000 needed" in reasons[small]
     with pytest.raises(NoKeyAvailable) as err:
         ks.acquire(provider="anthropic", holder="h", input_tokens=35_000)
-    assert err.value.retry_at == T0 + timedelta(seconds=60)
+    # big holds 35,000 besides the 2,000 reserved on it once 7,000 more refilled (at 10,000 in
+    # 60 s: 42 s); small needs 34,500 more at 38,500 in 60 s (53.8 s)
+    assert _near(err.value.retry_at, 42), err.value.retry_at
 
 
 def test_waiters_are_admitted_only_as_far_as_the_bucket_holds(
