@@ -63,7 +63,9 @@ async def test_claude_code_run_rotates_defers_resumes_and_finishes(
     env.emulator.admin.set_limits(
         [
             LimitRule(key_prefix="sk-ant-oat01-a-", requests=2, window_s=WINDOW_S),
-            LimitRule(key_prefix="sk-ant-oat01-b-", requests=1, window_s=WINDOW_S),
+            # b's window outlasts a's by far, so even a loaded machine resumes the run while
+            # only a is back (the run's last key, b, would otherwise be kept by affinity)
+            LimitRule(key_prefix="sk-ant-oat01-b-", requests=1, window_s=WINDOW_S * 10),
         ]
     )
     run = await run_deployment(
