@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -55,10 +56,12 @@ class RetryOnRefusal:
         backoff: RetryPolicy = TRANSIENT,
         rng: random.Random | None = None,
         clock: Clock = utcnow,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         self.backoff = backoff
         self._rng = rng or random.Random()
         self._clock = clock
+        self._sleep = sleep
 
     def __repr__(self) -> str:
         return f"RetryOnRefusal(backoff={self.backoff!r})"
@@ -70,7 +73,7 @@ class RetryOnRefusal:
         if isinstance(error, ProviderBusy):
             delay_s = self.delay_s(error, attempt=max(1, task_run.run_count))
             _logger().warning("%s: retrying in %.1f s", error.message, delay_s)
-            await anyio.sleep(delay_s)
+            await self._sleep(delay_s)
             return True
         return False
 
