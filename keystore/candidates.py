@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from keystore import limits
 from keystore.eligibility import key_state
@@ -28,7 +28,7 @@ from keystore.keys import keys_t, slots_t
 from keystore.leases import last_use
 from keystore.ratelimits.readings import UNIFIED_PREFIX
 from keystore.ratelimits.signal import RateLimitSignal, SignalKind
-from keystore.types import as_utc
+from keystore.types import UTCDateTime, as_utc
 
 __all__ = ["LOCAL_REFUSAL", "Candidate", "candidates", "exhausted", "standing_refusal"]
 
@@ -70,13 +70,43 @@ class _Slot:
         return max(now, min(self.expires_at, self.acquired_at + timedelta(seconds=self.hold_s)))
 
 
-def _active_slots(conn: Connection, *, provider: str, now: datetime) -> dict[int, list[_Slot]]:
+def _active_slots_query() -> Any:
     k, s = keys_t.c, slots_t.c
-    rows = conn.execute(
+    return (
         select(s.key_id, s.acquired_at, s.expires_at, s.hold_s, s.slot >= k.max_concurrency)
         .select_from(slots_t.join(keys_t, k.id == s.key_id))
-        .where(s.expires_at > now, k.provider == provider)
-    ).all()
+        .where(
+            s.expires_at > bindparam("p_now", type_=UTCDateTime),
+            k.provider == bindparam("p_provider"),
+        )
+    )
+
+
+def _candidates_query() -> Any:
+    """Every key of a provider with what acquisition's SQL says of it (bind parameters: p_now,
+    p_need, p_provider). Built once: composing it costs more than running it."""
+    k = keys_t.c
+    now = bindparam("p_now", type_=UTCDateTime)
+    used = last_use()
+    return (
+        select(
+            keys_t,
+            func.coalesce(used.c.at, k.last_used_at).label("key_last_used"),
+            limits.blocked(k, now, bindparam("p_need")).label("blocked"),
+            limits.utilization(k, now).label("used"),
+            limits.window_reset(k, now).label("window_reset"),
+        )
+        .outerjoin(used, used.c.key_id == k.id)
+        .where(k.provider == bindparam("p_provider"))
+    )
+
+
+_ACTIVE_SLOTS = _active_slots_query()
+_CANDIDATES = _candidates_query()
+
+
+def _active_slots(conn: Connection, *, provider: str, now: datetime) -> dict[int, list[_Slot]]:
+    rows = conn.execute(_ACTIVE_SLOTS, {"p_now": now, "p_provider": provider}).all()
     found: dict[int, list[_Slot]] = defaultdict(list)
     for key_id, acquired_at, expires_at, hold_s, over_cap in rows:
         acquired, expires = as_utc(acquired_at), as_utc(expires_at)
@@ -96,20 +126,8 @@ def candidates(
 ) -> list[Candidate]:
     """Every key of the provider with whether it can serve a request of `input_tokens` now and
     why (in selection order; `prefer`: the holder's last key, as in acquire)."""
-    k = keys_t.c
     need = max(1, input_tokens or 0)
-    used = last_use()
-    rows = conn.execute(
-        select(
-            keys_t,
-            func.coalesce(used.c.at, k.last_used_at).label("key_last_used"),
-            limits.blocked(k, now, need).label("blocked"),
-            limits.utilization(k, now).label("used"),
-            limits.window_reset(k, now).label("window_reset"),
-        )
-        .outerjoin(used, used.c.key_id == k.id)
-        .where(k.provider == provider)
-    ).all()
+    rows = conn.execute(_CANDIDATES, {"p_now": now, "p_need": need, "p_provider": provider}).all()
     slots = _active_slots(conn, provider=provider, now=now)
     buckets: dict[int, list[limits.BucketState]] = defaultdict(list)
     for bucket in limits.limits_of(conn, now=now, key_ids=[r.id for r in rows]):

@@ -54,7 +54,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from keystore.models import Key, KeyLimit, LeaseSlot
 from keystore.ratelimits.readings import UNIFIED_PREFIX, BucketReading
-from keystore.types import as_utc, epoch_s
+from keystore.types import UTCDateTime, as_utc, epoch_s
 
 __all__ = [
     "BucketState",
@@ -124,7 +124,7 @@ def record_readings(
     conn.execute(_UPSERT[conn.dialect.name], rows)
 
 
-def _out_on(keys: Any, now: Any, exclude_lease: str | None) -> tuple[Any, Any]:
+def _out_on(keys: Any, now: Any, exclude_lease: Any) -> tuple[Any, Any]:
     """(leases, their announced tokens) out on the key of the row `keys` (the outer query's
     keys table) or on any key sharing its group; the lease `exclude_lease` (its holder is the
     one asking) left out."""
@@ -279,16 +279,12 @@ def limits_of(
     exclude_lease: str | None = None,
 ) -> list[BucketState]:
     """Every bucket whose reset is still ahead, with the leases out on it (but `exclude_lease`)."""
-    b = limits_t.c
-    leases_out, tokens_out = _out_on(keys_t.c, now, exclude_lease)
-    query = (
-        select(limits_t, leases_out.label("leases_out"), tokens_out.label("tokens_out"))
-        .join(keys_t, keys_t.c.id == b.key_id)
-        .where(b.reset_at > now)
-        .order_by(b.key_id, b.bucket)
-    )
+    query = _LIMITS_OF[(key_ids is not None, exclude_lease is not None)]
+    params: dict[str, Any] = {"p_now": now}
     if key_ids is not None:
-        query = query.where(b.key_id.in_(key_ids))
+        params["p_key_ids"] = list(key_ids)
+    if exclude_lease is not None:
+        params["p_exclude"] = exclude_lease
     return [
         BucketState(
             key_id=row.key_id,
@@ -302,8 +298,33 @@ def limits_of(
             leases_out=int(row.leases_out),
             tokens_out=int(row.tokens_out),
         )
-        for row in conn.execute(query)
+        for row in conn.execute(query, params)
     ]
+
+
+def _limits_of_query(*, some_keys: bool, excluding: bool) -> Any:
+    """`limits_of`'s statement (bind parameters: p_now, p_key_ids, p_exclude), built once per
+    shape: composing it costs more than running it."""
+    b = limits_t.c
+    now = bindparam("p_now", type_=UTCDateTime)
+    exclude: Any = bindparam("p_exclude") if excluding else None
+    leases_out, tokens_out = _out_on(keys_t.c, now, exclude)
+    query = (
+        select(limits_t, leases_out.label("leases_out"), tokens_out.label("tokens_out"))
+        .join(keys_t, keys_t.c.id == b.key_id)
+        .where(b.reset_at > now)
+        .order_by(b.key_id, b.bucket)
+    )
+    if some_keys:
+        query = query.where(b.key_id.in_(bindparam("p_key_ids", expanding=True)))
+    return query
+
+
+_LIMITS_OF = {
+    (some_keys, excluding): _limits_of_query(some_keys=some_keys, excluding=excluding)
+    for some_keys in (False, True)
+    for excluding in (False, True)
+}
 
 
 def _aware(value: Any) -> datetime:
