@@ -81,22 +81,29 @@ class RunLoop:
                     "turn %d done on %s key %d (%s)", number, provider, done.key_id, done.key_name
                 )
                 return checkpoint
-            if isinstance(outcome, Rotate):
-                self.logger.info("%s: rotating to the next key", outcome.why)
-                await publish_pool_artifact(self.store, provider, why=outcome.why)
-            elif isinstance(outcome, Backoff):
-                self.logger.warning("%s: backing off %.1f s", outcome.why, outcome.delay_s)
-                await anyio.sleep(outcome.delay_s)
-            elif isinstance(outcome, WaitInline):
-                await self._wait_until(outcome.until, outcome.why)
-            elif isinstance(outcome, Defer):
-                await self._defer(outcome)
-            elif isinstance(outcome, Fallback):
-                await self._fall_back(provider, outcome)
-            elif isinstance(outcome, Fail):
-                await self._fail(provider, outcome)
-            else:
-                assert_never(outcome)
+            await self.apply(outcome, provider)
+
+    async def apply(self, outcome: Outcome, provider: str) -> None:
+        """Carry out an outcome other than Served for an attempt on `provider`: returns when the
+        run should try again; a Defer never returns, a Fail raises RunFailed."""
+        if isinstance(outcome, Served):
+            raise ValueError("a served attempt has nothing left to apply")
+        if isinstance(outcome, Rotate):
+            self.logger.info("%s: rotating to the next key", outcome.why)
+            await publish_pool_artifact(self.store, provider, why=outcome.why)
+        elif isinstance(outcome, Backoff):
+            self.logger.warning("%s: backing off %.1f s", outcome.why, outcome.delay_s)
+            await anyio.sleep(outcome.delay_s)
+        elif isinstance(outcome, WaitInline):
+            await self._wait_until(outcome.until, outcome.why)
+        elif isinstance(outcome, Defer):
+            await self._defer(outcome)
+        elif isinstance(outcome, Fallback):
+            await self._fall_back(provider, outcome)
+        elif isinstance(outcome, Fail):
+            await self._fail(provider, outcome)
+        else:
+            assert_never(outcome)
 
     async def _provider_for_turn(self) -> str:
         """The primary agent, unless the run is on fallback and the primary is still spent."""

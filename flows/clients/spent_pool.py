@@ -21,12 +21,10 @@ applies the outcome with the same code (`flows.turn_loop.RunLoop`):
 
 from __future__ import annotations
 
-from typing import assert_never
-
 from prefect.context import FlowRunContext, TaskRunContext
 
 from flows.blocking import in_thread
-from flows.outcome import Backoff, Defer, Fail, Fallback, Rotate, Served, WaitInline, decide
+from flows.outcome import decide
 from flows.runtime import flow_keystore
 from flows.turn_loop import RunLoop
 from keystore import Keystore, NoKeyAvailable
@@ -50,8 +48,6 @@ async def defer_until(exhausted: NoKeyAvailable, *, store: Keystore | None = Non
         provider=exhausted.provider,
         can_defer=deployed,
     )
-    # RunLoop is the one place that applies outcomes; the pieces used here should become
-    # public functions there (or in a module of their own) shared with agent-run.
     loop = RunLoop(
         store,
         run_id=str(context.flow_run.id),
@@ -59,14 +55,4 @@ async def defer_until(exhausted: NoKeyAvailable, *, store: Keystore | None = Non
         model=None,
         deployed=deployed,
     )
-    if isinstance(outcome, WaitInline):
-        await loop._wait_until(outcome.until, outcome.why)
-    elif isinstance(outcome, Defer):
-        await loop._defer(outcome)  # never returns
-    elif isinstance(outcome, Fail):
-        await loop._fail(exhausted.provider, outcome)  # raises RunFailed
-    elif isinstance(outcome, Served | Rotate | Backoff | Fallback):
-        # decide() gives none of these for NoKeyAvailable without a ready fallback
-        raise AssertionError(f"unexpected outcome for a spent pool: {outcome!r}")
-    else:
-        assert_never(outcome)
+    await loop.apply(outcome, exhausted.provider)  # RunLoop applies outcomes, for agent-run too
