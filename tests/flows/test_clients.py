@@ -26,6 +26,7 @@ from flows.clients import (
     ProviderBusy,
     RequestRefused,
     RetryOnRefusal,
+    defer_until,
     keyrelay_client,
     retry_on_refusal,
 )
@@ -189,6 +190,36 @@ async def test_an_overloaded_provider_is_retried_after_a_backoff(
     ]
     assert log[1].at - log[0].at >= QUICK.max_delay_s / 2
     assert flow_env.store.get_key(key).state == "available"
+
+
+@flow
+async def asks_twice(sdk: str) -> list[str]:
+    """What a user's flow does: a spent pool is waited out with `defer_until`, then the call
+    goes out again (a deployed run would give its worker back instead: test_clients_example)."""
+    replies = []
+    for _ in range(2):
+        try:
+            replies.append(await ask_task(sdk))
+        except NoKeyAvailable as spent:
+            await defer_until(spent)
+            replies.append(await ask_task(sdk))
+    return replies
+
+
+@pytest.mark.parametrize("sdk", PROVIDERS)
+async def test_a_spent_pool_is_waited_out_and_the_call_goes_out_after_the_reset(
+    flow_env: FlowEnv, sdk: str
+) -> None:
+    add_key(flow_env, "a", sdk)
+    flow_env.store.update_config(inline_wait_max_s=10)  # not deployed: waits in-process anyway
+    flow_env.emulator.admin.set_limits([LimitRule(key_prefix=PREFIX[sdk], requests=1, window_s=3)])
+
+    replies = await asks_twice(sdk)
+
+    assert len(replies) == 2 and all(r.startswith("reply to") for r in replies)
+    log = flow_env.emulator.admin.log()
+    assert [e.status for e in log] == [200, 200]  # the answer said 0 left: nothing sent to a 429
+    assert log[1].at - log[0].at >= 2  # the second call waited for the window's reset
 
 
 async def test_no_key_to_lease_raises_no_key_available_as_is(flow_env: FlowEnv) -> None:
