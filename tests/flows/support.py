@@ -8,9 +8,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import anyio
+from prefect.client.schemas.objects import FlowRun
 
 from api.emulator import RunningEmulator
 from keystore import Keystore
@@ -56,12 +59,12 @@ def add_key(env: FlowEnv, name: str, provider: str = "anthropic", **fields: obje
 def serving(
     env: FlowEnv,
     log: Path,
-    command: tuple[str, ...] = ("deployments.serve", "--limit", "2"),
+    command: tuple[str, ...] = ("-m", "deployments.serve", "--limit", "2"),
     ready: str = "agent-run/default",
     **settings: str,
 ) -> Iterator[ServeProcess]:
-    """A `python -m <command>` child serving deployments against the test server (by default
-    `deployments.serve --limit 2`, what `keyrelay serve` runs), with the flow environment plus
+    """A `python <command>` child serving deployments against the test server (by default
+    `-m deployments.serve --limit 2`, what `keyrelay serve` runs), with the flow environment plus
     `settings`; yielded once its log names the `ready` deployment, stopped on exit, SIGTERM
     first."""
     from prefect.settings import PREFECT_HOME
@@ -75,7 +78,7 @@ def serving(
     }
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", *command],
+            [sys.executable, *command],
             cwd=ROOT,
             env=child,
             stdout=out,
@@ -97,3 +100,22 @@ def serving(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+async def wait_for_run(
+    run_id: uuid.UUID, done: Callable[[FlowRun], bool], timeout_s: float, what: str
+) -> FlowRun:
+    """The flow run once `done` says so; an AssertionError naming `what`, the run's state and
+    its message after `timeout_s`."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    async with get_client() as client:
+        while True:
+            run = await client.read_flow_run(run_id)
+            if done(run):
+                return run
+            if time.monotonic() > deadline:
+                message = run.state.message if run.state else None
+                raise AssertionError(f"{what}: run is {run.state_type} {run.state_name}: {message}")
+            await anyio.sleep(0.2)

@@ -6,29 +6,21 @@ by a real `serve()` process, across a deferral without making any call twice."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
-from uuid import UUID
 
-import anyio
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 
 from api.emulator import AgentScript, LimitRule, ToolStep, fingerprint
-from tests.flows.support import FlowEnv, ServeProcess
+from tests.flows.support import ROOT, FlowEnv, ServeProcess, serving, wait_for_run
 from tests.flows.test_clients import add_key, spend_outside
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "own_tool_loop.py"
 QUESTION = "How many people live in Lyon, and which river flows through it?"
 FINAL = "About 520,000 people; the Rhône."
@@ -109,50 +101,9 @@ async def test_a_run_that_is_not_deployed_waits_for_the_reset_in_process(
 @pytest.fixture
 def example_served(flow_env: FlowEnv, tmp_path: Path) -> Iterator[ServeProcess]:
     """`python docs/examples/own_tool_loop.py --serve` against the test server."""
-    from prefect.settings import PREFECT_HOME
-
-    log = tmp_path / "serve.log"
-    env = {
-        **os.environ,
-        **flow_env.env,
-        "PREFECT_HOME": str(PREFECT_HOME.value()),
-        "PYTHONPATH": str(ROOT),
-    }
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(EXAMPLE.relative_to(ROOT)), "--serve"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    served = ServeProcess(process, log)
-    deadline = time.monotonic() + 60
-    while "own-tool-loop/default" not in served.output():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"serve did not start:\n{served.output()}")
-        time.sleep(0.2)
-    yield served
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-async def _wait_for(run_id: UUID, done: Any, timeout_s: float, what: str) -> FlowRun:
-    deadline = time.monotonic() + timeout_s
-    async with get_client() as client:
-        while True:
-            run = await client.read_flow_run(run_id)
-            if done(run):
-                return run
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: run is {run.state_type} {run.state_name}")
-            await anyio.sleep(0.2)
+    command = (str(EXAMPLE.relative_to(ROOT)), "--serve")
+    with serving(flow_env, tmp_path / "serve.log", command, "own-tool-loop/default") as served:
+        yield served
 
 
 WINDOW_S = 10.0
@@ -173,7 +124,7 @@ async def test_deployed_the_loop_gives_its_worker_back_and_resumes_where_it_stop
     run = await run_deployment(
         "own-tool-loop/default", timeout=0, parameters={"question": QUESTION}
     )
-    deferred = await _wait_for(
+    deferred = await wait_for_run(
         run.id,
         lambda r: r.state_type == StateType.SCHEDULED and r.state_name == "AwaitingRateLimit",
         60,
@@ -190,7 +141,7 @@ async def test_deployed_the_loop_gives_its_worker_back_and_resumes_where_it_stop
     )
     assert [e.run_id for e in flow_env.store.audit_events(type="pool_waiting")] == [str(run.id)]
 
-    finished = await _wait_for(
+    finished = await wait_for_run(
         run.id, lambda r: r.state is not None and r.state.is_final(), WINDOW_S + 60, "unfinished"
     )
     assert finished.state_type == StateType.COMPLETED, example_served.output()

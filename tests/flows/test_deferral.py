@@ -7,11 +7,8 @@ run sticking in Cancelling), they fail here."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-from uuid import UUID
 
 import anyio
 import pytest
@@ -21,23 +18,10 @@ from prefect.deployments import run_deployment
 
 from api.emulator import LimitRule
 from flows.turn_loop import RESUME_MARGIN_S
-from tests.flows.support import FlowEnv, ServeProcess, add_key, serving
+from tests.flows.support import FlowEnv, ServeProcess, add_key, serving, wait_for_run
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 WINDOW_S = 20.0
-
-
-async def _wait_for(run_id: UUID, done: Any, timeout_s: float, what: str) -> FlowRun:
-    deadline = time.monotonic() + timeout_s
-    async with get_client() as client:
-        while True:
-            run = await client.read_flow_run(run_id)
-            if done(run):
-                return run
-            if time.monotonic() > deadline:
-                message = run.state.message if run.state else None
-                raise AssertionError(f"{what}: run is {run.state_type} {run.state_name}: {message}")
-            await anyio.sleep(0.2)
 
 
 def _deferred(run: FlowRun) -> bool:
@@ -72,7 +56,7 @@ async def test_spent_pool_defers_then_resumes_at_the_reset(
             "followups": ["second", "third"],
         },
     )
-    deferred = await _wait_for(run.id, _deferred, 60, "never deferred")
+    deferred = await wait_for_run(run.id, _deferred, 60, "never deferred")
 
     # turn 1 on a, whose answer said it had no request left: turn 2 on b, likewise; turn 3
     # found both spent until a's reset, and no request was sent to a certain refusal
@@ -87,7 +71,7 @@ async def test_spent_pool_defers_then_resumes_at_the_reset(
     )
     assert [e.status for e in flow_env.emulator.admin.log()] == [200, 200]
 
-    finished = await _wait_for(run.id, _final, WINDOW_S + 60, "never finished")
+    finished = await wait_for_run(run.id, _final, WINDOW_S + 60, "never finished")
     assert finished.state_type == StateType.COMPLETED, server_process.output()
     assert finished.run_count == 2
     log = flow_env.emulator.admin.log()
@@ -121,15 +105,15 @@ async def test_a_waiting_run_can_be_cancelled(
         timeout=0,
         parameters={"prompt": "first", "agent": "anthropic", "steps": 3},
     )
-    await _wait_for(run.id, _deferred, 60, "never deferred")
+    await wait_for_run(run.id, _deferred, 60, "never deferred")
     async with get_client() as client:
         from prefect.states import Cancelling
 
         await client.set_flow_run_state(run.id, Cancelling(message="user cancelled"))
-    cancelled = await _wait_for(run.id, _final, 10, "not cancelled")
+    cancelled = await wait_for_run(run.id, _final, 10, "not cancelled")
     assert cancelled.state_type == StateType.CANCELLED
     await anyio.sleep(WINDOW_S - 5)  # past the reset: nobody resumed it
-    again = await _wait_for(run.id, _final, 5, "?")
+    again = await wait_for_run(run.id, _final, 5, "?")
     assert again.state_type == StateType.CANCELLED and again.run_count == 1
 
 
@@ -143,7 +127,7 @@ async def test_serve_process_is_free_while_a_run_waits(
         timeout=0,
         parameters={"prompt": "first", "agent": "anthropic", "steps": 3},
     )
-    await _wait_for(waiting.id, _deferred, 60, "never deferred")
+    await wait_for_run(waiting.id, _deferred, 60, "never deferred")
     # serve runs --limit 2: two more runs complete while the first one waits
     others = [
         await run_deployment(
@@ -152,9 +136,9 @@ async def test_serve_process_is_free_while_a_run_waits(
         for i in range(2)
     ]
     for other in others:
-        done = await _wait_for(other.id, _final, 60, "other run never finished")
+        done = await wait_for_run(other.id, _final, 60, "other run never finished")
         assert done.state_type == StateType.COMPLETED
-    still = await _wait_for(waiting.id, lambda r: True, 1, "?")
+    still = await wait_for_run(waiting.id, lambda r: True, 1, "?")
     assert _deferred(still) or still.state_type in (StateType.PENDING, StateType.RUNNING)
     assert datetime.now(UTC) < (still.next_scheduled_start_time or datetime.now(UTC)) + timedelta(
         seconds=WINDOW_S
@@ -170,7 +154,7 @@ async def test_stopping_serve_or_its_runs_while_they_park_leaves_them_waiting(
     between the server accepting the Scheduled state and the deferral's end. Either way the
     parked run must stay AwaitingRateLimit (the deferral reported the attempt concluded and held
     the signal), not turn Cancelled or Crashed."""
-    lingering = ("tests.flows.lingering_flow",)
+    lingering = ("-m", "tests.flows.lingering_flow")
     with serving(flow_env, tmp_path / "serve.log", lingering, "parks-and-lingers/test") as served:
         runs = [
             await run_deployment("parks-and-lingers/test", timeout=0),
@@ -179,11 +163,11 @@ async def test_stopping_serve_or_its_runs_while_they_park_leaves_them_waiting(
             ),
         ]
         for run in runs:
-            await _wait_for(run.id, _deferred, 60, "never parked")
+            await wait_for_run(run.id, _deferred, 60, "never parked")
         await anyio.sleep(1)  # the engines are done; the processes sleep in their atexit hooks
         served.process.terminate()
         served.process.wait(timeout=30)
     for run in runs:
-        after = await _wait_for(run.id, lambda r: True, 1, "?")
+        after = await wait_for_run(run.id, lambda r: True, 1, "?")
         assert _deferred(after), (after.state_name, served.output()[-2000:])
     assert "Cancelled flow run" not in served.output()
