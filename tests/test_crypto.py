@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from sqlalchemy import event
 
 from keystore import Keystore, MasterKey, MasterKeyError, fingerprint, mask, open_keystore
 from keystore.settings import Settings
@@ -94,3 +95,53 @@ def test_env_master_key_rotation_reencrypts_under_first(tmp_path: Path) -> None:
     only_new = Keystore(rotated.engine, MasterKey([new.encode()]))
     assert only_new.acquire(provider="openai", holder="t").secret() == "sk-proj-abcdefghijklmnop"
     rotated.close()
+
+
+def _stored(ks: Keystore) -> list[str]:
+    with ks.engine.connect() as conn:
+        return [r[0] for r in conn.exec_driver_sql("SELECT ciphertext FROM keys ORDER BY id")]
+
+
+def test_a_rotation_that_cannot_reencrypt_every_key_changes_none(tmp_path: Path) -> None:
+    old, other, new = (Fernet.generate_key() for _ in range(3))
+    ks = Keystore(open_keystore(settings=Settings(home=tmp_path)).engine, MasterKey([old]))
+    for i in range(2):
+        ks.add_key(name=f"k{i}", provider="openai", secret=secret_for(str(i)))
+    stranger = Keystore(ks.engine, MasterKey([other]))  # a key stored under another master key
+    odd = stranger.add_key(name="odd", provider="openai", secret=secret_for("odd")).id
+    before = _stored(ks)
+    rotating = Keystore(ks.engine, MasterKey([new, old]))
+    with pytest.raises(MasterKeyError, match=rf"key\(s\) {odd} do not decrypt.*nothing was"):
+        rotating.rotate_master_key()
+    assert _stored(ks) == before
+    assert ks.audit_events(type="master_key_rotated") == []
+
+
+def test_a_rotation_interrupted_midway_leaves_every_key_under_the_old_key(tmp_path: Path) -> None:
+    """Killed after some rows were rewritten (here: the third UPDATE raises, as a SIGINT or a
+    dropped connection would): the rotation is one transaction, so no row is left under the new
+    key and the old key alone still decrypts every one."""
+    old, new = Fernet.generate_key(), Fernet.generate_key()
+    ks = Keystore(open_keystore(settings=Settings(home=tmp_path)).engine, MasterKey([old]))
+    secrets = [secret_for(str(i)) for i in range(5)]
+    for i, secret in enumerate(secrets):
+        ks.add_key(name=f"k{i}", provider="openai", secret=secret)
+    updates = 0
+
+    def dies_on_the_third_update(
+        conn: object, cursor: object, statement: str, *args: object
+    ) -> None:
+        nonlocal updates
+        if statement.startswith("UPDATE keys SET ciphertext"):
+            updates += 1
+            if updates == 3:
+                raise KeyboardInterrupt
+
+    event.listen(ks.engine, "before_cursor_execute", dies_on_the_third_update)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Keystore(ks.engine, MasterKey([new, old])).rotate_master_key()
+    finally:
+        event.remove(ks.engine, "before_cursor_execute", dies_on_the_third_update)
+    assert updates == 3
+    assert [MasterKey([old]).decrypt(t) for t in _stored(ks)] == secrets
