@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -119,3 +120,19 @@ async def wait_for_run(
                 message = run.state.message if run.state else None
                 raise AssertionError(f"{what}: run is {run.state_type} {run.state_name}: {message}")
             await anyio.sleep(0.2)
+
+
+def database_text(path: Path) -> str:
+    """Every row of every table of a SQLite database as text, for secret scans."""
+    chunks: list[str] = []
+    with sqlite3.connect(path) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for row in db.execute(f'SELECT * FROM "{table}"'):
+                chunks.append(" ".join(repr(v) for v in row))
+    return "\n".join(chunks)
+
+
+def files_text(root: Path) -> str:
+    """Every file under `root` as text (bytes kept as latin-1), for secret scans."""
+    return "\n".join(p.read_bytes().decode("latin-1") for p in root.rglob("*") if p.is_file())

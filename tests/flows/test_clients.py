@@ -5,7 +5,6 @@ condition rotating to the next key, and no secret in any error or in what Prefec
 from __future__ import annotations
 
 import pickle
-import sqlite3
 import traceback
 import uuid
 from pathlib import Path
@@ -32,7 +31,7 @@ from flows.clients import (
 )
 from flows.retry_policy import RetryPolicy
 from keystore import NoKeyAvailable
-from tests.flows.support import SECRETS, FlowEnv, PrefectServer
+from tests.flows.support import SECRETS, FlowEnv, PrefectServer, database_text, files_text
 
 pytestmark = pytest.mark.anyio
 
@@ -271,20 +270,6 @@ async def test_a_refusal_raises_our_error_with_nothing_of_the_secret(
     assert marked.state == ("cooling" if error is KeyRefused else "available")
 
 
-def _database_text(path: Path) -> str:
-    chunks: list[str] = []
-    with sqlite3.connect(path) as db:
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            for row in db.execute(f'SELECT * FROM "{table}"'):
-                chunks.append(" ".join(repr(v) for v in row))
-    return "\n".join(chunks)
-
-
-def _files_text(root: Path) -> str:
-    return "\n".join(p.read_bytes().decode("latin-1") for p in root.rglob("*") if p.is_file())
-
-
 @pytest.mark.parametrize("sdk", PROVIDERS)
 async def test_a_refused_task_leaves_no_secret_in_prefect(
     flow_env: FlowEnv,
@@ -301,8 +286,8 @@ async def test_a_refused_task_leaves_no_secret_in_prefect(
 
     assert outcome.startswith("KeyRefused rate_limit key")
     places = {
-        "prefect database": _database_text(prefect_server.database),
-        "prefect home (results, logs)": _files_text(Path(str(PREFECT_HOME.value()))),
+        "prefect database": database_text(prefect_server.database),
+        "prefect home (results, logs)": files_text(Path(str(PREFECT_HOME.value()))),
         "captured logs": caplog.text,
     }
     # the scan does see the failed attempts: their states and the engine's log lines

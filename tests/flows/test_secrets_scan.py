@@ -4,7 +4,6 @@ in Prefect's result storage, or in the captured logs. Runs last in tests/flows (
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,23 +12,9 @@ from prefect.settings import PREFECT_HOME
 from api.emulator import LimitRule
 from flows.agent_run import agent_run
 from flows.errors import RunFailed
-from tests.flows.support import SECRETS, FlowEnv, PrefectServer, add_key
+from tests.flows.support import SECRETS, FlowEnv, PrefectServer, add_key, database_text, files_text
 
 pytestmark = pytest.mark.anyio
-
-
-def _database_text(path: Path) -> str:
-    chunks: list[str] = []
-    with sqlite3.connect(path) as db:
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            for row in db.execute(f'SELECT * FROM "{table}"'):
-                chunks.append(" ".join(repr(v) for v in row))
-    return "\n".join(chunks)
-
-
-def _files_text(root: Path) -> str:
-    return "\n".join(p.read_bytes().decode("latin-1") for p in root.rglob("*") if p.is_file())
 
 
 async def test_no_secret_reaches_prefect(
@@ -46,8 +31,8 @@ async def test_no_secret_reaches_prefect(
         await agent_run(prompt="exhaust", agent="anthropic", steps=1)
     assert len(SECRETS) >= 2
     places = {
-        "prefect database": _database_text(prefect_server.database),
-        "prefect home (results, logs)": _files_text(Path(str(PREFECT_HOME.value()))),
+        "prefect database": database_text(prefect_server.database),
+        "prefect home (results, logs)": files_text(Path(str(PREFECT_HOME.value()))),
         "captured logs": caplog.text,
     }
     assert "rotate" in places["prefect database"]  # the scan does see run data
