@@ -29,7 +29,7 @@ from keystore import limits
 from keystore.audit import AuditWriter
 from keystore.eligibility import usable_at
 from keystore.keys import drop_slots, keys_t, slots_t
-from keystore.types import UTCDateTime
+from keystore.types import UTCDateTime, as_utc
 
 __all__ = [
     "HOLD_WEIGHT",
@@ -37,7 +37,9 @@ __all__ = [
     "Released",
     "acquire_slot",
     "drop_surplus_slot",
+    "find_lease",
     "last_use",
+    "new_lease_id",
     "reclaim_expired",
     "reclaim_held_by",
     "release_lease",
@@ -153,6 +155,7 @@ _ACQUIRE_PG = _acquire_one_statement()
 def acquire_slot(
     conn: Connection,
     *,
+    lease_id: str,
     now: datetime,
     provider: str,
     holder: str,
@@ -165,8 +168,11 @@ def acquire_slot(
     concurrent transactions right now: the caller tells the two apart with `candidates`).
 
     On PostgreSQL this is ONE statement, so it may run on an autocommit connection; on SQLite the
-    caller's BEGIN IMMEDIATE transaction makes the three statements one writer's work."""
-    lease_id, expires_at = uuid.uuid4().hex, now + timedelta(seconds=ttl_s)
+    caller's BEGIN IMMEDIATE transaction makes the three statements one writer's work.
+
+    `lease_id` is the caller's (`new_lease_id`), so a retry after a lost answer can find the
+    lease the first attempt took (`find_lease`) instead of taking a second slot."""
+    expires_at = now + timedelta(seconds=ttl_s)
     params = {
         "p_provider": provider,
         "p_now": now,
@@ -193,6 +199,26 @@ def acquire_slot(
     # an expired lease nobody released (its holder died): the caller records lease_reclaimed
     reclaimed = (old_lease, old_holder) if old_lease is not None else None
     return Acquired(lease_id, key_id, name, ciphertext, now, expires_at, reclaimed)
+
+
+def new_lease_id() -> str:
+    return uuid.uuid4().hex
+
+
+def find_lease(conn: Connection, *, lease_id: str) -> Acquired | None:
+    """The slot `lease_id` holds, as `acquire_slot` returned it, or None: how a retried acquire
+    tells whether its first attempt's commit reached the server before the connection died."""
+    s, k = slots_t.c, keys_t.c
+    row = conn.execute(
+        select(s.key_id, k.name, k.ciphertext, s.acquired_at, s.expires_at)
+        .join(keys_t, k.id == s.key_id)
+        .where(s.lease_id == lease_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    acquired_at, expires_at = as_utc(row.acquired_at), as_utc(row.expires_at)
+    assert acquired_at is not None and expires_at is not None
+    return Acquired(lease_id, row.key_id, row.name, row.ciphertext, acquired_at, expires_at)
 
 
 def renew_lease(conn: Connection, *, lease_id: str, ttl_s: float, now: datetime) -> datetime | None:
