@@ -270,13 +270,18 @@ def _resize_slots(conn: Connection, key_id: int, size: int, *, now: datetime) ->
     missing = [{"key_id": key_id, "slot": s, "uses": 0} for s in range(size) if s not in have]
     if missing:
         conn.execute(slots_t.insert(), missing)
+    # FOR UPDATE: PostgreSQL re-checks "free" on each row once it is locked, so a slot an
+    # acquirer took after this statement's snapshot is kept, not deleted with its live lease
+    # under its holder (acquirers skip the rows locked here until commit).
     extra = (
         conn.execute(
-            select(slots_t.c.id).where(
+            select(slots_t.c.id)
+            .where(
                 slots_t.c.key_id == key_id,
                 slots_t.c.slot >= size,
                 or_(slots_t.c.lease_id.is_(None), slots_t.c.expires_at <= now),
             )
+            .with_for_update()
         )
         .scalars()
         .all()
