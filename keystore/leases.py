@@ -277,10 +277,12 @@ def release_lease(conn: Connection, *, lease_id: str, held_s: float = 0.0) -> Re
 def drop_surplus_slot(conn: Connection, *, key_id: int, slot_id: int) -> None:
     """Drop a free slot above its key's max_concurrency (kept if it was leased again meanwhile)."""
     cap = select(keys_t.c.max_concurrency).where(keys_t.c.id == key_id).scalar_subquery()
+    # Locked, so it cannot be taken between this check and the delete (the cap raised again
+    # and an acquirer in the slot): PostgreSQL re-checks the condition once the row is locked.
     free = conn.execute(
-        select(slots_t.c.id).where(
-            slots_t.c.id == slot_id, slots_t.c.lease_id.is_(None), slots_t.c.slot >= cap
-        )
+        select(slots_t.c.id)
+        .where(slots_t.c.id == slot_id, slots_t.c.lease_id.is_(None), slots_t.c.slot >= cap)
+        .with_for_update()
     ).scalar_one_or_none()
     if free is not None:
         drop_slots(conn, key_id, [slot_id])
