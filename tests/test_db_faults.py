@@ -99,3 +99,31 @@ def test_the_api_answers_503_with_retry_after_while_the_keystore_is_unreachable(
         assert back.status_code == 200
         assert [k["name"] for k in back.json()] == ["k"]
     ks.close()
+
+
+def test_an_add_whose_commit_answer_was_lost_is_one_key_and_no_error(
+    store_url: str, master: MasterKey, link: FaultyLink
+) -> None:
+    ks = _through(link, store_url, master)
+    link.lose_answer_to(b"COMMIT")
+    added = ks.add_key(name="k", provider="openai", secret=secret_for("add"))
+
+    assert link.answers_lost == 1
+    assert [k.id for k in ks.list_keys()] == [added.id]  # not DuplicateKey, not two keys
+    assert [e.type for e in ks.audit_events()] == ["key_added"]
+    ks.close()
+
+
+def test_a_delete_whose_commit_answer_was_lost_is_no_error(
+    store_url: str, master: MasterKey, link: FaultyLink
+) -> None:
+    ks = _through(link, store_url, master)
+    ks.add_key(name="keep", provider="openai", secret=secret_for("keep"))
+    gone = ks.add_key(name="gone", provider="openai", secret=secret_for("gone"))
+    link.lose_answer_to(b"COMMIT")
+    ks.delete_key(gone.id)  # not KeyNotFound: the first attempt deleted it
+
+    assert link.answers_lost == 1
+    assert [k.name for k in ks.list_keys()] == ["keep"]
+    assert [e.type for e in ks.audit_events()].count("key_deleted") == 1
+    ks.close()
