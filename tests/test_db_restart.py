@@ -6,30 +6,37 @@ them what a server restart sends: 57P01, then a closed socket), so statements fa
 pooled connections turn out dead. The connections are found by an application_name private to the
 test, so nothing else using the server is disturbed (bench/db_restart.py restarts the real server).
 
-Afterwards: every worker finished every cycle without an error reaching it, no slot is still
-occupied, no key held more leases than its cap, every cycle left its audit row (and at most one
-more per retry the worker logged: a retried write whose first commit did land), and the audit
-chain verifies (no half-written rows)."""
+An API in the test's process answers GET /keys/status throughout, on connections killed too.
+
+Afterwards: every API request was answered 200, every worker finished every cycle without an
+error reaching it, no slot is still occupied, no key held more leases than its cap, every cycle
+left its audit row (and at most one more per retry the worker logged: a retried write whose first
+commit did land), and the audit chain verifies (no half-written rows)."""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import threading
 import time
 import uuid
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from api.app import create_app
 from keystore import Keystore, MasterKey, NoKeyAvailable
 from keystore.db import create_keystore_engine
 from tests.conftest import PG_URL
 from tests.held_intervals import Held, max_overlap, parse_held
+from tests.test_api_support import AUTH, api_settings
 
 PROCESSES = 4
 CYCLES = 120
@@ -125,8 +132,20 @@ def test_lease_cycles_survive_killed_connections(store_url: str, tmp_path: Path)
         ctx.Process(target=_worker, args=(url_text, master_key, i, progress, outs[i]))
         for i in range(PROCESSES)
     ]
+    api_store = Keystore(create_keystore_engine(url_text), MasterKey([master_key]))
+    api = TestClient(create_app(api_settings(tmp_path), api_store), headers=AUTH)
+    statuses: Counter[int] = Counter()
+    running = threading.Event()
+    running.set()
+
+    def poll_api() -> None:  # the API is busy too: its connections are killed with the others
+        while running.is_set():
+            statuses[api.get("/keys/status").status_code] += 1
+
+    poller = threading.Thread(target=poll_api)
     for p in procs:
         p.start()
+    poller.start()
     killed = []
     for k in range(1, KILLS + 1):  # a quarter, half and three quarters of the way through
         while progress.value < PROCESSES * CYCLES * k // (KILLS + 1):
@@ -135,6 +154,10 @@ def test_lease_cycles_survive_killed_connections(store_url: str, tmp_path: Path)
     for p in procs:
         p.join(timeout=120)
         assert p.exitcode == 0, f"worker exited with {p.exitcode}"
+    running.clear()
+    poller.join()
+    api_store.close()
+    assert statuses[200] > 0 and set(statuses) == {200}, statuses
 
     spans: dict[int, list[tuple[float, float]]] = {k: [] for k in cap_of}
     retried = 0
