@@ -16,7 +16,7 @@ from keystore.audit import AuditWriter
 from keystore.crypto import MasterKey, fingerprint, mask
 from keystore.eligibility import key_state
 from keystore.errors import DuplicateKey, KeyNotFound, LastEnabledKey
-from keystore.models import Key, KeyCreate, KeyPublic, KeyUpdate, LeaseSlot
+from keystore.models import AuditEvent, Key, KeyCreate, KeyPublic, KeyUpdate, LeaseSlot
 from keystore.types import as_utc
 
 __all__ = [
@@ -129,6 +129,8 @@ def add_key(conn: Connection, *, audit: AuditWriter, master: MasterKey, create: 
     if existing is not None:
         raise DuplicateKey(fp, existing)
     values = create.model_dump(exclude={"secret"})
+    if conn.dialect.name == "sqlite":
+        values["id"] = _unused_key_id(conn)
     try:
         key_id = conn.execute(
             keys_t.insert()
@@ -151,6 +153,20 @@ def add_key(conn: Connection, *, audit: AuditWriter, master: MasterKey, create: 
         "key_added", key_id=key_id, name=create.name, provider=create.provider, fingerprint=fp
     )
     return key_id
+
+
+def _unused_key_id(conn: Connection) -> int:
+    """An id no key ever had. SQLite hands a deleted key's id to the next key added (its rowid is
+    max(id) + 1 without AUTOINCREMENT), so a client's stale id, an audit row or a lease holder's
+    record would name another key; PostgreSQL's identity never reuses one. Audit rows are never
+    deleted and every key has one (key_added), so they remember the highest id ever given. The
+    caller holds SQLite's write lock, so no other writer picks the same id."""
+    audit_t = AuditEvent.__table__  # type: ignore[attr-defined]
+    highest = max(
+        conn.execute(select(func.max(keys_t.c.id))).scalar() or 0,
+        conn.execute(select(func.max(audit_t.c.key_id))).scalar() or 0,
+    )
+    return int(highest) + 1
 
 
 def added_before(conn: Connection, *, create: KeyCreate) -> int | None:

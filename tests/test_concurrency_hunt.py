@@ -238,7 +238,7 @@ def _cap_during(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("store_url", ["sqlite", "postgres"], indirect=True)
 def test_the_pool_keeps_its_invariants_under_everything_at_once(
     store_url: str, tmp_path: Path
 ) -> None:

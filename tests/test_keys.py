@@ -136,3 +136,14 @@ def test_nulls_control_characters_and_impossible_ids_are_clean_errors(ks: Keysto
         with pytest.raises(KeyNotFound):
             ks.delete_key(impossible)
         assert ks.audit_events(key_id=impossible) == []
+
+
+def test_a_deleted_keys_id_is_never_given_to_another_key(ks: Keystore) -> None:
+    ks.add_key(name="first", provider="openai", secret=secret_for("first"))
+    last = ks.add_key(name="last", provider="openai", secret=secret_for("last"))
+    ks.delete_key(last.id)
+
+    newer = ks.add_key(name="newer", provider="openai", secret=secret_for("newer"))
+
+    assert newer.id > last.id  # a stale client's PATCH /keys/{last.id} finds nothing
+    assert [e.key_id for e in ks.audit_events(type="key_added")] == [newer.id, last.id, 1]
