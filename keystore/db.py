@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from alembic import command
@@ -328,20 +328,6 @@ def _retrying(
     raise AssertionError("unreachable")
 
 
-class _Retried(Generic[T]):
-    """Whether an attempt is a retry, and if so whether the attempt before it took effect."""
-
-    def __init__(self, already_applied: Callable[[Connection], T | None] | None) -> None:
-        self._already_applied = already_applied
-        self._attempts = itertools.count()
-
-    def check(self, conn: Connection) -> T | None:
-        """The earlier attempt's result when this is a retry and it was applied, else None."""
-        if next(self._attempts) and self._already_applied is not None:
-            return self._already_applied(conn)
-        return None
-
-
 class Database:
     """The keystore's database: one engine (and, on PostgreSQL, a second one whose commits do not
     wait for the WAL flush, for writes whose loss is harmless: see `transaction`)."""
@@ -375,21 +361,26 @@ class Database:
         *,
         now: Callable[[], datetime],
         durable: bool = True,
-        already_applied: Callable[[Connection], T | None] | None = None,
     ) -> tuple[T, list[AuditEventPublic]]:
         """Run `body` in one write transaction; returns its result and the audit rows it wrote
-        (for the hooks to see once they are committed). A transaction retried after its
-        connection died may already have committed: see `statement` for `already_applied`
-        (without it, a retried write runs again)."""
-        retried = _Retried(already_applied)
+        (for the hooks to see once they are committed).
+
+        A transaction retried after its connection died may already have committed (the COMMIT
+        reached the server, its answer did not reach us). Every keystore write that changes
+        state writes an audit row, and the chain's hash makes that row unique: when the last
+        attempt's rows are there, its result stands and the body does not run again (twice
+        would mean two audit rows, a DuplicateKey for a key just added, a KeyNotFound for one
+        just deleted). A body that wrote no row simply runs again (its writes are upserts)."""
+        ran: tuple[T, AuditWriter] | None = None  # the last attempt whose body finished
 
         def attempt() -> tuple[T, list[AuditEventPublic]]:
+            nonlocal ran
             with transaction(self.engine, durable=durable) as conn:
-                done = retried.check(conn)
-                if done is not None:
-                    return done, []
+                if ran is not None and ran[1].landed(conn):
+                    return ran[0], ran[1].written
                 writer = AuditWriter(conn, now())
                 result = body(writer)
+                ran = (result, writer)
             return result, writer.written
 
         return self._retrying(attempt, "write")
@@ -411,11 +402,14 @@ class Database:
         reached the server, its answer did not reach us). Before each retry `already_applied`,
         when given, looks for the first attempt's effect and returns its result (None: not
         applied, run `body` again); without it the statement must be safe to apply twice."""
-        retried = _Retried(already_applied)
+        attempts = itertools.count()
 
         def run(conn: Connection) -> T:
-            done = retried.check(conn)
-            return body(conn) if done is None else done
+            if next(attempts) and already_applied is not None:
+                done = already_applied(conn)
+                if done is not None:
+                    return done
+            return body(conn)
 
         if self.dialect != "postgresql":
 

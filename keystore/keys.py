@@ -21,9 +21,7 @@ from keystore.types import as_utc
 
 __all__ = [
     "add_key",
-    "added_before",
     "delete_key",
-    "deleted_before",
     "drop_slots",
     "get_key",
     "list_keys",
@@ -169,27 +167,6 @@ def _unused_key_id(conn: Connection) -> int:
     return int(highest) + 1
 
 
-def added_before(conn: Connection, *, create: KeyCreate) -> int | None:
-    """The key `add_key(create=create)` added, if it is there: how a retried add tells that its
-    first attempt committed before the connection died (rather than answer DuplicateKey)."""
-    fp = fingerprint(create.secret.get_secret_value())
-    found: int | None = conn.execute(
-        select(keys_t.c.id).where(
-            keys_t.c.fingerprint == fp,
-            keys_t.c.name == create.name,
-            keys_t.c.provider == create.provider,
-        )
-    ).scalar()
-    return found
-
-
-def deleted_before(conn: Connection, key_id: int) -> int | None:
-    """`key_id` when no such key exists: a retried delete whose first attempt committed has
-    done its work (rather than answer KeyNotFound)."""
-    exists = conn.execute(select(keys_t.c.id).where(keys_t.c.id == key_id)).scalar()
-    return key_id if exists is None else None
-
-
 def lock_provider_keys(conn: Connection, provider: str) -> list[Row[Any]]:
     """Lock every key row of a provider (PostgreSQL; SQLite already holds the write lock), so
     'is this the last enabled key?' stays true until commit."""
@@ -268,7 +245,7 @@ def update_key(
     )
 
 
-def delete_key(conn: Connection, key_id: int, *, audit: AuditWriter, force: bool = False) -> int:
+def delete_key(conn: Connection, key_id: int, *, audit: AuditWriter, force: bool = False) -> None:
     row = conn.execute(
         select(keys_t.c.enabled, keys_t.c.name).where(keys_t.c.id == key_id)
     ).one_or_none()
@@ -281,7 +258,6 @@ def delete_key(conn: Connection, key_id: int, *, audit: AuditWriter, force: bool
     conn.execute(slots_t.delete().where(slots_t.c.key_id == key_id))
     conn.execute(keys_t.delete().where(keys_t.c.id == key_id))
     audit.record("key_deleted", key_id=key_id, name=row.name)
-    return key_id
 
 
 def reset_key(conn: Connection, key_id: int, *, audit: AuditWriter) -> None:

@@ -116,13 +116,8 @@ class Keystore:
     def remove_audit_hook(self, hook: audit_log.AuditHook) -> None:
         self._hooks.remove(hook)
 
-    def _write(
-        self,
-        body: Callable[[audit_log.AuditWriter], T],
-        *,
-        already_applied: Callable[[Connection], T | None] | None = None,
-    ) -> T:
-        result, written = self.db.write(body, now=self._clock, already_applied=already_applied)
+    def _write(self, body: Callable[[audit_log.AuditWriter], T]) -> T:
+        result, written = self.db.write(body, now=self._clock)
         audit_log.fire_hooks(self._hooks, written)
         return result
 
@@ -155,8 +150,7 @@ class Keystore:
         except ValidationError as exc:
             raise _invalid(exc) from None
         key_id = self._write(
-            lambda w: keys.add_key(w.conn, audit=w, master=self.master, create=create),
-            already_applied=functools.partial(keys.added_before, create=create),
+            lambda w: keys.add_key(w.conn, audit=w, master=self.master, create=create)
         )
         return self.get_key(key_id)
 
@@ -194,10 +188,7 @@ class Keystore:
 
     def delete_key(self, key_id: int, *, force: bool = False) -> None:
         _check_key_id(key_id)
-        self._write(
-            lambda w: keys.delete_key(w.conn, key_id, audit=w, force=force),
-            already_applied=functools.partial(keys.deleted_before, key_id=key_id),
-        )
+        self._write(lambda w: keys.delete_key(w.conn, key_id, audit=w, force=force))
 
     def reset_key(self, key_id: int) -> KeyPublic:
         """Clear cooling and unusable marks (a person says the key works again)."""

@@ -127,3 +127,20 @@ def test_a_delete_whose_commit_answer_was_lost_is_no_error(
     assert [k.name for k in ks.list_keys()] == ["keep"]
     assert [e.type for e in ks.audit_events()].count("key_deleted") == 1
     ks.close()
+
+
+def test_a_write_whose_commit_answer_was_lost_is_written_once(
+    store_url: str, master: MasterKey, link: FaultyLink
+) -> None:
+    ks = _through(link, store_url, master)
+    key = ks.add_key(name="k", provider="openai", secret=secret_for("upd"))
+    link.lose_answer_to(b"COMMIT")
+    ks.update_key(key.id, priority=5)
+    link.lose_answer_to(b"COMMIT")
+    ks.record("key_rotated", key_id=key.id, run_id="r")
+
+    assert link.answers_lost == 2
+    assert [e.type for e in ks.audit_events()] == ["key_rotated", "key_updated", "key_added"]
+    assert ks.get_key(key.id).priority == 5
+    assert ks.verify_audit().ok
+    ks.close()
