@@ -101,8 +101,8 @@ def _lease_worker(url: str, master_key: bytes, index: int, stop: Any, out: str) 
         except LeaseLost:
             end, held = time.monotonic(), False
         log("L", lease.key_id, called, start, end)
-        if not held:
-            log("LOST", lease.key_id, end)
+        if not held:  # when the loss was known: a delete may have run while release waited
+            log("LOST", lease.key_id, time.monotonic())
     stop.set()
     log.close()
     ks.close()
