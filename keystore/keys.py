@@ -186,12 +186,35 @@ def _provider_of(conn: Connection, key_id: int) -> str:
     return provider
 
 
-def _refuse_last_enabled(conn: Connection, key_id: int, *, force: bool) -> None:
-    provider = _provider_of(conn, key_id)
-    rows = lock_provider_keys(conn, provider)
-    enabled = [r.id for r in rows if r.enabled]
+def _lock_key(conn: Connection, key_id: int, *, whole_provider: bool) -> list[Row[Any]]:
+    """Lock a key for a change that must not interleave with its deletion: its slots, then its
+    row, or with `whole_provider` every key row of its provider (for "is this the last enabled
+    key?"). KeyNotFound when it is gone, also when a delete committed while we waited.
+
+    Slots before key rows is the order everywhere (a release frees its slot, then drop_slots
+    updates the key; acquirers skip locked rows and never wait), and a provider's rows are
+    taken in id order: two changes never wait on each other in a circle. Returns the provider's
+    key rows (id, enabled) when `whole_provider`, else []."""
+    conn.execute(select(slots_t.c.id).where(slots_t.c.key_id == key_id).with_for_update()).all()
+    if whole_provider:
+        rows = lock_provider_keys(conn, _provider_of(conn, key_id))
+        if key_id not in {r.id for r in rows}:
+            raise KeyNotFound(key_id)
+        return rows
+    locked = conn.execute(
+        select(keys_t.c.id).where(keys_t.c.id == key_id).with_for_update()
+    ).scalar()
+    if locked is None:
+        raise KeyNotFound(key_id)
+    return []
+
+
+def _refuse_last_enabled(
+    conn: Connection, key_id: int, provider_rows: list[Row[Any]], *, force: bool
+) -> None:
+    enabled = [r.id for r in provider_rows if r.enabled]
     if not force and enabled == [key_id]:
-        raise LastEnabledKey(key_id, provider)
+        raise LastEnabledKey(key_id, _provider_of(conn, key_id))
 
 
 def update_key(
@@ -204,13 +227,13 @@ def update_key(
     force: bool = False,
 ) -> None:
     changes = update.model_dump(exclude_unset=True, exclude={"secret"})
-    _provider_of(conn, key_id)
-    # Lock order is slots before keys everywhere (acquire takes a slot, then bumps its key), so
-    # resizing comes before the provider-wide key lock.
+    # Locked first: a delete racing this update either finished (KeyNotFound) or waits for it
+    # (before, resizing inserted slots for a key just deleted: a foreign key violation, a 500).
+    provider_rows = _lock_key(conn, key_id, whole_provider=update.enabled is False)
     if "max_concurrency" in changes:
         _resize_slots(conn, key_id, changes["max_concurrency"], now=audit.now)
     if update.enabled is False:
-        _refuse_last_enabled(conn, key_id, force=force)
+        _refuse_last_enabled(conn, key_id, provider_rows, force=force)
     if update.secret is not None:
         secret = update.secret.get_secret_value()
         fp = fingerprint(secret)
@@ -246,15 +269,10 @@ def update_key(
 
 
 def delete_key(conn: Connection, key_id: int, *, audit: AuditWriter, force: bool = False) -> None:
-    row = conn.execute(
-        select(keys_t.c.enabled, keys_t.c.name).where(keys_t.c.id == key_id)
-    ).one_or_none()
-    if row is None:
-        raise KeyNotFound(key_id)
-    # Slots before keys (the lock order acquire uses), so a racing acquire cannot deadlock us.
-    conn.execute(select(slots_t.c.id).where(slots_t.c.key_id == key_id).with_for_update()).all()
+    provider_rows = _lock_key(conn, key_id, whole_provider=True)
+    row = conn.execute(select(keys_t.c.enabled, keys_t.c.name).where(keys_t.c.id == key_id)).one()
     if row.enabled:
-        _refuse_last_enabled(conn, key_id, force=force)
+        _refuse_last_enabled(conn, key_id, provider_rows, force=force)
     conn.execute(slots_t.delete().where(slots_t.c.key_id == key_id))
     conn.execute(keys_t.delete().where(keys_t.c.id == key_id))
     audit.record("key_deleted", key_id=key_id, name=row.name)

@@ -2,7 +2,8 @@
 
 Six processes: three lease workers (acquire, renew, release; every fifth lease is "forgotten": a
 short TTL and no release, so it expires and is reclaimed); a cap changer (max_concurrency of the
-anthropic keys between 1 and 3, and RotationConfig changes); a toggler (disables and enables
+anthropic keys between 1 and 3, the short-lived ones too, while they are being deleted, and
+RotationConfig changes); a toggler (disables and enables
 anthropic keys) and a deleter (adds short-lived anthropic keys and deletes them), these two also
 racing each other every round to disable / delete the last two enabled openai keys.
 
@@ -119,6 +120,15 @@ def _cap_changer(url: str, master_key: bytes, ids: dict[str, int], stop: Any, ou
         log("C", key_id, t0, time.monotonic(), caps[key_id], new)
         caps[key_id] = new
         ks.update_config(lease_ttl_s=rng.choice([30, 60]), proactive_threshold=rng.choice([0.5, 1]))
+        temps = [k for k in ks.list_keys("anthropic") if k.name.startswith("t")]
+        if temps:  # a short-lived key, maybe being deleted right now
+            temp, new = rng.choice(temps), rng.randint(1, 3)
+            t0 = time.monotonic()
+            try:
+                ks.update_key(temp.id, max_concurrency=new)
+            except KeyNotFound:
+                continue
+            log("C", temp.id, t0, time.monotonic(), temp.max_concurrency, new)
         time.sleep(rng.uniform(0, 0.02))
     log.close()
     ks.close()
