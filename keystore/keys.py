@@ -24,6 +24,7 @@ __all__ = [
     "delete_key",
     "drop_slots",
     "get_key",
+    "key_exists",
     "list_keys",
     "lock_provider_keys",
     "reset_key",
@@ -177,6 +178,10 @@ def lock_provider_keys(conn: Connection, provider: str) -> list[Row[Any]]:
         .with_for_update()
     )
     return list(conn.execute(query).all())
+
+
+def key_exists(conn: Connection, key_id: int) -> bool:
+    return conn.execute(select(keys_t.c.id).where(keys_t.c.id == key_id)).scalar() is not None
 
 
 def _provider_of(conn: Connection, key_id: int) -> str:

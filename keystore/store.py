@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from keystore import audit as audit_log
 from keystore import (
@@ -447,7 +448,14 @@ class Keystore:
                     w.conn, key_id, signal, audit=w, no_reset_cooldown_s=cooldown, run_id=run_id
                 )
 
-        self._write(body_)
+        try:
+            self._write(body_)
+        except IntegrityError:
+            # The key was deleted while its reading was being written (the foreign key refused
+            # the row): the same answer as for a key deleted before (limits.record_readings).
+            if self._read(lambda conn: keys.key_exists(conn, key_id)):
+                raise
+            raise KeyNotFound(key_id) from None
         return signal
 
     def earliest_reset(self, provider: str) -> datetime | None:

@@ -1,11 +1,11 @@
-"""Many processes doing everything at once to one PostgreSQL pool, and what must hold throughout.
+"""Many processes doing everything at once to one pool (PostgreSQL and SQLite), and what must hold.
 
-Six processes: three lease workers (acquire, renew, release; every fifth lease is "forgotten": a
-short TTL and no release, so it expires and is reclaimed); a cap changer (max_concurrency of the
-anthropic keys between 1 and 3, the short-lived ones too, while they are being deleted, and
-RotationConfig changes); a toggler (disables and enables
-anthropic keys) and a deleter (adds short-lived anthropic keys and deletes them), these two also
-racing each other every round to disable / delete the last two enabled openai keys.
+Six processes: three lease workers (acquire, renew, record a response, release; every fifth
+lease is "forgotten": a short TTL and no release, so it expires and is reclaimed); a cap changer
+(max_concurrency of the anthropic keys between 1 and 3, the short-lived ones too while they are
+being deleted, and RotationConfig changes); a toggler (disables and enables anthropic keys) and a
+deleter (adds short-lived anthropic keys and deletes them while leases are out on them), these two
+also racing each other every round to disable / delete the last two enabled openai keys.
 
 Every process logs what it did with CLOCK_MONOTONIC times (shared by the processes), and the test
 checks afterwards, with no false alarms (each condition names moments the log proves):
@@ -23,12 +23,14 @@ checks afterwards, with no false alarms (each condition names moments the log pr
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import random
 import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,11 @@ def _open(url: str, master_key: bytes) -> Keystore:
 
 def _lease_worker(url: str, master_key: bytes, index: int, stop: Any, out: str) -> None:
     ks, log, rng = _open(url, master_key), _Log(out), random.Random(index)
+    headers = {  # what the provider said about the call made on the lease
+        "anthropic-ratelimit-requests-limit": "100000",
+        "anthropic-ratelimit-requests-remaining": "99999",
+        "anthropic-ratelimit-requests-reset": (ks.now() + timedelta(hours=1)).isoformat(),
+    }
     for n in range(LEASES_PER_WORKER):
         forget = n % 5 == 4
         called = time.monotonic()
@@ -97,6 +104,8 @@ def _lease_worker(url: str, master_key: bytes, index: int, stop: Any, out: str) 
         time.sleep(rng.uniform(0, 0.01))
         try:
             ks.renew(lease, ttl_s=30)
+            with contextlib.suppress(KeyNotFound):  # a short-lived key deleted meanwhile
+                ks.record_response(lease.key_id, provider="anthropic", status=200, headers=headers)
             end = time.monotonic()
             held = ks.release(lease)
         except LeaseLost:
