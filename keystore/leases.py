@@ -43,6 +43,7 @@ __all__ = [
     "reclaim_expired",
     "reclaim_held_by",
     "release_lease",
+    "released_before",
     "renew_lease",
     "selection_order",
 ]
@@ -272,6 +273,15 @@ def release_lease(conn: Connection, *, lease_id: str, held_s: float = 0.0) -> Re
     if row is None:
         return Released(held=False)
     return Released(held=True, surplus_slot=(row.key_id, row.id) if row.over_cap else None)
+
+
+def released_before(conn: Connection, *, lease_id: str) -> Released | None:
+    """For a retried release: the lease is no longer there, so the first attempt's commit
+    landed and freed it (expiring and being reclaimed in the instant between the two attempts
+    is the one other way, and a TTL is minutes). Which slot it held is not known any more: a
+    surplus slot left behind is free and above the cap, and the next resize drops it."""
+    held = conn.execute(select(slots_t.c.id).where(slots_t.c.lease_id == lease_id)).first()
+    return Released(held=True) if held is None else None
 
 
 def drop_surplus_slot(conn: Connection, *, key_id: int, slot_id: int) -> None:

@@ -354,6 +354,7 @@ class Keystore:
         released = self.db.statement(
             lambda conn: leases.release_lease(conn, lease_id=lease.id, held_s=held_s),
             durable=False,
+            already_applied=functools.partial(leases.released_before, lease_id=lease.id),
         )
         if released.surplus_slot is not None:  # max_concurrency was lowered while it was out
             key_id, slot_id = released.surplus_slot

@@ -144,3 +144,18 @@ def test_a_write_whose_commit_answer_was_lost_is_written_once(
     assert ks.get_key(key.id).priority == 5
     assert ks.verify_audit().ok
     ks.close()
+
+
+def test_a_release_whose_answer_was_lost_reports_the_lease_released(
+    store_url: str, master: MasterKey, link: FaultyLink
+) -> None:
+    ks = _through(link, store_url, master)
+    ks.add_key(name="k", provider="anthropic", secret=secret_for("rel"))
+    lease = ks.acquire(provider="anthropic", holder="h")
+
+    link.lose_answer_to(b"UPDATE lease_slots")
+    assert ks.release(lease)  # not "it had expired and was reclaimed"
+
+    assert link.answers_lost == 1
+    assert _held(store_url) == []
+    ks.close()
