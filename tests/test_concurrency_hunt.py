@@ -332,17 +332,17 @@ def test_the_pool_keeps_its_invariants_under_everything_at_once(
                 problems.append(f"key {key_id}: lease granted over cap {cap} at {b}")
             if key_id in deleted and a > deleted[key_id]:
                 problems.append(f"key {key_id}: lease granted after the key was deleted")
-    for key_id, _t0, t1, t2, _t3 in events["OFF"]:
-        for lease in by_key[int(key_id)]:
+    for off, _t0, t1, t2, _t3 in events["OFF"]:
+        for lease in by_key[int(off)]:
             if lease.called > float(t1) and lease.held.start < float(t2):
-                problems.append(f"key {key_id}: lease granted while it was disabled")
-    for key_id, at in events["LOST"]:
-        gone = int(key_id) in deleting and deleting[int(key_id)] <= float(at)
+                problems.append(f"key {off}: lease granted while it was disabled")
+    for lost, at in events["LOST"]:
+        gone = int(lost) in deleting and deleting[int(lost)] <= float(at)
         if not gone:
-            problems.append(f"key {key_id}: a held lease was lost while its key existed")
+            problems.append(f"key {lost}: a held lease was lost while its key existed")
     assert problems == [], "\n".join(problems)
 
-    won = defaultdict(int)
+    won: dict[str, int] = defaultdict(int)
     for round_, outcome in events["RACE"]:
         won[round_] += outcome == "won"
     assert len(won) == RACE_ROUNDS
