@@ -3,6 +3,8 @@
     KeyNotFound                    404
     DuplicateKey, LastEnabledKey   409
     InvalidInput (+ ConfigError)   422   (the keystore's message: it names the field, never a value)
+    KeystoreUnreachable            503   `Retry-After`; the database server stayed unreachable for
+                                          the keystore's whole retry budget (a restart, a failover)
     RequestValidationError         422   (pydantic's errors without `input`/`ctx`: a body may carry
                                           a secret, even under a misspelt field name)
     405 (a method the path lacks)  405   `Allow` lists every method of the path (Starlette lists
@@ -33,7 +35,14 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keystore.errors import DuplicateKey, InvalidInput, KeyNotFound, KeyrelayError, LastEnabledKey
+from keystore.errors import (
+    DuplicateKey,
+    InvalidInput,
+    KeyNotFound,
+    KeyrelayError,
+    KeystoreUnreachable,
+    LastEnabledKey,
+)
 
 __all__ = [
     "BodyTooLarge",
@@ -54,7 +63,11 @@ STATUS_BY_ERROR: tuple[tuple[type[KeyrelayError], int], ...] = (
     (DuplicateKey, 409),
     (LastEnabledKey, 409),
     (InvalidInput, 422),
+    (KeystoreUnreachable, 503),
 )
+# A client told 503 comes back after this: the keystore has already retried for ~12 s, and a
+# server that is still down is usually a restart or failover taking a few seconds more.
+UNREACHABLE_RETRY_AFTER_S = 5
 
 
 class Problem(BaseModel):
@@ -82,15 +95,18 @@ _DESCRIPTIONS = {
     422: "Invalid input",
     429: "Too many requests from this client",
     500: "Internal error",
+    503: "The keystore database cannot be reached now; retry after `Retry-After` seconds",
+}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds until the client may retry (an integer >= 1)",
+        "schema": {"type": "integer", "minimum": 1},
+    }
 }
 _HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
-    429: {
-        "Retry-After": {
-            "description": "Seconds until the client may retry (an integer >= 1)",
-            "schema": {"type": "integer", "minimum": 1},
-        }
-    },
+    429: _RETRY_AFTER,
+    503: _RETRY_AFTER,
 }
 
 
@@ -140,7 +156,8 @@ async def _keyrelay_error(request: Request, exc: Exception) -> JSONResponse:
     if code == 500:
         _log_unhandled(request.scope, exc)
         return JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
-    return JSONResponse({"detail": str(exc)}, status_code=code)
+    headers = {"Retry-After": str(UNREACHABLE_RETRY_AFTER_S)} if code == 503 else None
+    return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -132,6 +132,17 @@ class AuditWriter:
         self.written.append(event)
         return event
 
+    def landed(self, conn: Connection) -> bool | None:
+        """Whether this writer's transaction was committed, seen from a later one (`conn`): its
+        last row is there with the hash it computed. None when it wrote no row (no way to tell
+        from here). For a retry whose first attempt's commit answer was lost."""
+        if not self.written or self._head is None:
+            return None
+        stored = conn.execute(
+            select(_table.c.hash).where(_table.c.id == self.written[-1].id)
+        ).scalar_one_or_none()
+        return stored == self._head
+
     def _chain_head(self) -> str:
         if self._head is not None:
             return self._head

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,7 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from keystore.audit import AuditEventPublic, AuditWriter
-from keystore.errors import KeystoreReadOnly
+from keystore.errors import KeystoreReadOnly, KeystoreUnreachable
 from keystore.private_files import create_private_file, make_private_dir, open_private_lock
 from keystore.sqlite_file import (
     check_same_file,
@@ -60,10 +61,14 @@ __all__ = [
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-_RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
-# Waits before each retry of a transient failure: about 16 s in all, enough for a PostgreSQL
-# restart or a failover, short enough that a caller with a deadline hears about it.
-RETRY_DELAYS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+# deadlock detected, serialization failure; the server is shutting down, crashed, or starting up
+# (57P01 is what pg_terminate_backend and a restart send to every session)
+_RETRYABLE_SQLSTATES = {"40P01", "40001", "57P01", "57P02", "57P03"}
+# Waits before each retry of a transient failure, 11.9 s in all. Enough for a PostgreSQL restart
+# (1-3 s here, docs/benchmarks.md) or a quick failover; short enough that a caller with a deadline
+# (an HTTP client, a step's lease TTL) hears KeystoreUnreachable instead of hanging. No single wait
+# is over 2 s, so a worker notices the server is back within 2 s instead of sleeping through it.
+RETRY_DELAYS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0)
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 # The longest a SQLite writer waits for the write lock before KeystoreLocked (the writer queue's
@@ -280,27 +285,44 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
 
 def _transient(exc: DBAPIError, dialect: str) -> bool:
     """A failure that a fresh attempt may not meet: the connection died (a server restart, a
-    dropped socket), PostgreSQL could not be reached, or it chose this transaction as a deadlock
-    or serialization victim. Everything else (a constraint, a locked SQLite file after its busy
-    timeout) is the caller's to see at once."""
+    dropped socket), PostgreSQL could not be reached or is shutting down / starting up, or it
+    chose this transaction as a deadlock or serialization victim. Everything else (a constraint, a
+    locked SQLite file after its busy timeout) is the caller's to see at once."""
     if exc.connection_invalidated:
         return True
     if dialect != "postgresql":
         return False
-    sqlstate = getattr(exc.orig, "sqlstate", None)
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    if sqlstate in _RETRYABLE_SQLSTATES or sqlstate.startswith("08"):  # 08: connection exception
+        return True
     # psycopg's OperationalError without a SQLSTATE: it could not connect (refused, reset).
-    return sqlstate in _RETRYABLE_SQLSTATES or (isinstance(exc, OperationalError) and not sqlstate)
+    return isinstance(exc, OperationalError) and not sqlstate
 
 
 def _retrying(
-    attempt: Callable[[], T], *, what: str, dialect: str, sleep: Callable[[float], None]
+    attempt: Callable[[], T],
+    *,
+    what: str,
+    dialect: str,
+    sleep: Callable[[float], None],
+    delays_s: Sequence[float] = RETRY_DELAYS_S,
+    location: str = "the keystore database",
 ) -> T:
-    for delay in (*RETRY_DELAYS_S, None):
+    """Run `attempt`, again after each delay while it fails transiently. A transient failure that
+    outlasts the delays is KeystoreUnreachable (the driver's text stays in the chained cause: it
+    may carry statement parameters)."""
+    for delay in (*delays_s, None):
         try:
             return attempt()
         except DBAPIError as exc:
-            if delay is None or not _transient(exc, dialect):
+            if not _transient(exc, dialect):
                 raise
+            if delay is None:
+                raise KeystoreUnreachable(
+                    f"the keystore database {location} could not be reached for "
+                    f"{sum(delays_s):.0f} s ({type(exc.orig).__name__}); retry later",
+                    location=location,
+                ) from exc
             log.warning("keystore %s failed (%s); retrying in %.2f s", what, exc.orig, delay)
             sleep(delay)
     raise AssertionError("unreachable")
@@ -310,10 +332,17 @@ class Database:
     """The keystore's database: one engine (and, on PostgreSQL, a second one whose commits do not
     wait for the WAL flush, for writes whose loss is harmless: see `transaction`)."""
 
-    def __init__(self, engine: Engine, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
+    ) -> None:
         self.engine = engine
         self._relaxed: Engine | None = None
         self._sleep = sleep
+        self._delays_s = tuple(retry_delays_s)
 
     @property
     def dialect(self) -> str:
@@ -334,41 +363,86 @@ class Database:
         durable: bool = True,
     ) -> tuple[T, list[AuditEventPublic]]:
         """Run `body` in one write transaction; returns its result and the audit rows it wrote
-        (for the hooks to see once they are committed)."""
+        (for the hooks to see once they are committed).
+
+        A transaction retried after its connection died may already have committed (the COMMIT
+        reached the server, its answer did not reach us). Every keystore write that changes
+        state writes an audit row, and the chain's hash makes that row unique: when the last
+        attempt's rows are there, its result stands and the body does not run again (twice
+        would mean two audit rows, a DuplicateKey for a key just added, a KeyNotFound for one
+        just deleted). A body that wrote no row simply runs again (its writes are upserts)."""
+        ran: tuple[T, AuditWriter] | None = None  # the last attempt whose body finished
 
         def attempt() -> tuple[T, list[AuditEventPublic]]:
+            nonlocal ran
             with transaction(self.engine, durable=durable) as conn:
+                if ran is not None and ran[1].landed(conn):
+                    return ran[0], ran[1].written
                 writer = AuditWriter(conn, now())
                 result = body(writer)
+                ran = (result, writer)
             return result, writer.written
 
         return self._retrying(attempt, "write")
 
-    def statement(self, body: Callable[[Connection], T], *, durable: bool = True) -> T:
+    def statement(
+        self,
+        body: Callable[[Connection], T],
+        *,
+        durable: bool = True,
+        already_applied: Callable[[Connection], T | None] | None = None,
+    ) -> T:
         """Run `body`, which issues exactly ONE write statement, in the cheapest safe way.
 
         PostgreSQL: on an autocommit connection (no BEGIN/COMMIT round trips: the statement is
         its own transaction); `durable=False` uses connections whose commits do not wait for the
-        WAL flush. SQLite: a normal write transaction. A statement retried after its connection
-        died may already have been applied: every caller's statement is safe to apply twice or
-        leaves at worst a lease that frees itself at its expiry."""
+        WAL flush. SQLite: a normal write transaction.
+
+        A statement retried after its connection died may already have been applied (the commit
+        reached the server, its answer did not reach us). Before each retry `already_applied`,
+        when given, looks for the first attempt's effect and returns its result (None: not
+        applied, run `body` again); without it the statement must be safe to apply twice."""
+        attempts = itertools.count()
+
+        def run(conn: Connection) -> T:
+            if next(attempts) and already_applied is not None:
+                done = already_applied(conn)
+                if done is not None:
+                    return done
+            return body(conn)
+
         if self.dialect != "postgresql":
 
             def in_transaction() -> T:
                 with transaction(self.engine, durable=durable) as conn:
-                    return body(conn)
+                    return run(conn)
 
             return self._retrying(in_transaction, "statement")
         engine = self.engine if durable else self._relaxed_engine()
 
         def autocommitted() -> T:
             with engine.connect() as conn:
-                return body(conn.execution_options(isolation_level="AUTOCOMMIT"))
+                return run(conn.execution_options(isolation_level="AUTOCOMMIT"))
 
         return self._retrying(autocommitted, "statement")
 
     def _retrying(self, attempt: Callable[[], T], what: str) -> T:
-        return _retrying(attempt, what=what, dialect=self.dialect, sleep=self._sleep)
+        return _retrying(
+            attempt,
+            what=what,
+            dialect=self.dialect,
+            sleep=self._sleep,
+            delays_s=self._delays_s,
+            location=self.location,
+        )
+
+    @property
+    def location(self) -> str:
+        """The database, for messages: its file, or its URL without the password."""
+        url = self.engine.url
+        if self.dialect == "sqlite":
+            return url.database or ":memory:"
+        return url.render_as_string(hide_password=True)
 
     def _relaxed_engine(self) -> Engine:
         if self._relaxed is None:

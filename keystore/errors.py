@@ -8,6 +8,7 @@
     │   ├── KeystoreMissing         gone where one existed (never silently re-created)
     │   ├── KeystoreCorrupt         empty, not a database, or its tables are missing
     │   ├── KeystoreLocked          another process held the write lock past the busy timeout
+    │   ├── KeystoreUnreachable     the database server could not be reached within the retry budget
     │   └── KeystoreReadOnly        the database cannot be written
     ├── KeystoreExists              `keyrelay db init` where a keystore already is
     ├── KeyNotFound                 no key with that id
@@ -39,6 +40,7 @@ __all__ = [
     "KeystoreMissing",
     "KeystoreReadOnly",
     "KeystoreUnavailable",
+    "KeystoreUnreachable",
     "LastEnabledKey",
     "LeaseLost",
     "MasterKeyError",
@@ -88,6 +90,11 @@ class KeystoreCorrupt(KeystoreUnavailable):
 
 class KeystoreLocked(KeystoreUnavailable):
     """Another process held the keystore's write lock for longer than the busy timeout."""
+
+
+class KeystoreUnreachable(KeystoreUnavailable):
+    """The database server could not be reached (refused, restarting, connections dropped) for
+    the whole retry budget. Transient by nature: the caller may try again later."""
 
 
 class KeystoreReadOnly(KeystoreUnavailable):

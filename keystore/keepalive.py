@@ -2,7 +2,7 @@
 (`Keystore.lease()`). Async holders in flows use flows/leasing.py, which cancels the work itself.
 
 Renewals that fail to reach the database are retried (the database layer already backs off for
-about 16 s; after that the next tick tries again). A lease found expired and reclaimed is lost:
+about 12 s; after that the next tick tries again). A lease found expired and reclaimed is lost:
 its slot may be someone else's now. A thread cannot stop the holder's work, so the loss is
 reported instead: `lost` turns True, and `Keystore.lease()` raises LeaseLost when the block ends.
 """

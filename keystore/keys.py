@@ -16,7 +16,7 @@ from keystore.audit import AuditWriter
 from keystore.crypto import MasterKey, fingerprint, mask
 from keystore.eligibility import key_state
 from keystore.errors import DuplicateKey, KeyNotFound, LastEnabledKey
-from keystore.models import Key, KeyCreate, KeyPublic, KeyUpdate, LeaseSlot
+from keystore.models import AuditEvent, Key, KeyCreate, KeyPublic, KeyUpdate, LeaseSlot
 from keystore.types import as_utc
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "delete_key",
     "drop_slots",
     "get_key",
+    "key_exists",
     "list_keys",
     "lock_provider_keys",
     "reset_key",
@@ -127,6 +128,8 @@ def add_key(conn: Connection, *, audit: AuditWriter, master: MasterKey, create: 
     if existing is not None:
         raise DuplicateKey(fp, existing)
     values = create.model_dump(exclude={"secret"})
+    if conn.dialect.name == "sqlite":
+        values["id"] = _unused_key_id(conn)
     try:
         key_id = conn.execute(
             keys_t.insert()
@@ -151,6 +154,20 @@ def add_key(conn: Connection, *, audit: AuditWriter, master: MasterKey, create: 
     return key_id
 
 
+def _unused_key_id(conn: Connection) -> int:
+    """An id no key ever had. SQLite hands a deleted key's id to the next key added (its rowid is
+    max(id) + 1 without AUTOINCREMENT), so a client's stale id, an audit row or a lease holder's
+    record would name another key; PostgreSQL's identity never reuses one. Audit rows are never
+    deleted and every key has one (key_added), so they remember the highest id ever given. The
+    caller holds SQLite's write lock, so no other writer picks the same id."""
+    audit_t = AuditEvent.__table__  # type: ignore[attr-defined]
+    highest = max(
+        conn.execute(select(func.max(keys_t.c.id))).scalar() or 0,
+        conn.execute(select(func.max(audit_t.c.key_id))).scalar() or 0,
+    )
+    return int(highest) + 1
+
+
 def lock_provider_keys(conn: Connection, provider: str) -> list[Row[Any]]:
     """Lock every key row of a provider (PostgreSQL; SQLite already holds the write lock), so
     'is this the last enabled key?' stays true until commit."""
@@ -163,6 +180,10 @@ def lock_provider_keys(conn: Connection, provider: str) -> list[Row[Any]]:
     return list(conn.execute(query).all())
 
 
+def key_exists(conn: Connection, key_id: int) -> bool:
+    return conn.execute(select(keys_t.c.id).where(keys_t.c.id == key_id)).scalar() is not None
+
+
 def _provider_of(conn: Connection, key_id: int) -> str:
     provider = conn.execute(select(keys_t.c.provider).where(keys_t.c.id == key_id)).scalar()
     if provider is None:
@@ -170,12 +191,35 @@ def _provider_of(conn: Connection, key_id: int) -> str:
     return provider
 
 
-def _refuse_last_enabled(conn: Connection, key_id: int, *, force: bool) -> None:
-    provider = _provider_of(conn, key_id)
-    rows = lock_provider_keys(conn, provider)
-    enabled = [r.id for r in rows if r.enabled]
+def _lock_key(conn: Connection, key_id: int, *, whole_provider: bool) -> list[Row[Any]]:
+    """Lock a key for a change that must not interleave with its deletion: its slots, then its
+    row, or with `whole_provider` every key row of its provider (for "is this the last enabled
+    key?"). KeyNotFound when it is gone, also when a delete committed while we waited.
+
+    Slots before key rows is the order everywhere (a release frees its slot, then drop_slots
+    updates the key; acquirers skip locked rows and never wait), and a provider's rows are
+    taken in id order: two changes never wait on each other in a circle. Returns the provider's
+    key rows (id, enabled) when `whole_provider`, else []."""
+    conn.execute(select(slots_t.c.id).where(slots_t.c.key_id == key_id).with_for_update()).all()
+    if whole_provider:
+        rows = lock_provider_keys(conn, _provider_of(conn, key_id))
+        if key_id not in {r.id for r in rows}:
+            raise KeyNotFound(key_id)
+        return rows
+    locked = conn.execute(
+        select(keys_t.c.id).where(keys_t.c.id == key_id).with_for_update()
+    ).scalar()
+    if locked is None:
+        raise KeyNotFound(key_id)
+    return []
+
+
+def _refuse_last_enabled(
+    conn: Connection, key_id: int, provider_rows: list[Row[Any]], *, force: bool
+) -> None:
+    enabled = [r.id for r in provider_rows if r.enabled]
     if not force and enabled == [key_id]:
-        raise LastEnabledKey(key_id, provider)
+        raise LastEnabledKey(key_id, _provider_of(conn, key_id))
 
 
 def update_key(
@@ -188,13 +232,13 @@ def update_key(
     force: bool = False,
 ) -> None:
     changes = update.model_dump(exclude_unset=True, exclude={"secret"})
-    _provider_of(conn, key_id)
-    # Lock order is slots before keys everywhere (acquire takes a slot, then bumps its key), so
-    # resizing comes before the provider-wide key lock.
+    # Locked first: a delete racing this update either finished (KeyNotFound) or waits for it
+    # (before, resizing inserted slots for a key just deleted: a foreign key violation, a 500).
+    provider_rows = _lock_key(conn, key_id, whole_provider=update.enabled is False)
     if "max_concurrency" in changes:
         _resize_slots(conn, key_id, changes["max_concurrency"], now=audit.now)
     if update.enabled is False:
-        _refuse_last_enabled(conn, key_id, force=force)
+        _refuse_last_enabled(conn, key_id, provider_rows, force=force)
     if update.secret is not None:
         secret = update.secret.get_secret_value()
         fp = fingerprint(secret)
@@ -230,15 +274,10 @@ def update_key(
 
 
 def delete_key(conn: Connection, key_id: int, *, audit: AuditWriter, force: bool = False) -> None:
-    row = conn.execute(
-        select(keys_t.c.enabled, keys_t.c.name).where(keys_t.c.id == key_id)
-    ).one_or_none()
-    if row is None:
-        raise KeyNotFound(key_id)
-    # Slots before keys (the lock order acquire uses), so a racing acquire cannot deadlock us.
-    conn.execute(select(slots_t.c.id).where(slots_t.c.key_id == key_id).with_for_update()).all()
+    provider_rows = _lock_key(conn, key_id, whole_provider=True)
+    row = conn.execute(select(keys_t.c.enabled, keys_t.c.name).where(keys_t.c.id == key_id)).one()
     if row.enabled:
-        _refuse_last_enabled(conn, key_id, force=force)
+        _refuse_last_enabled(conn, key_id, provider_rows, force=force)
     conn.execute(slots_t.delete().where(slots_t.c.key_id == key_id))
     conn.execute(keys_t.delete().where(keys_t.c.id == key_id))
     audit.record("key_deleted", key_id=key_id, name=row.name)
@@ -270,13 +309,18 @@ def _resize_slots(conn: Connection, key_id: int, size: int, *, now: datetime) ->
     missing = [{"key_id": key_id, "slot": s, "uses": 0} for s in range(size) if s not in have]
     if missing:
         conn.execute(slots_t.insert(), missing)
+    # FOR UPDATE: PostgreSQL re-checks "free" on each row once it is locked, so a slot an
+    # acquirer took after this statement's snapshot is kept, not deleted with its live lease
+    # under its holder (acquirers skip the rows locked here until commit).
     extra = (
         conn.execute(
-            select(slots_t.c.id).where(
+            select(slots_t.c.id)
+            .where(
                 slots_t.c.key_id == key_id,
                 slots_t.c.slot >= size,
                 or_(slots_t.c.lease_id.is_(None), slots_t.c.expires_at <= now),
             )
+            .with_for_update()
         )
         .scalars()
         .all()

@@ -29,7 +29,7 @@ from keystore import limits
 from keystore.audit import AuditWriter
 from keystore.eligibility import usable_at
 from keystore.keys import drop_slots, keys_t, slots_t
-from keystore.types import UTCDateTime
+from keystore.types import UTCDateTime, as_utc
 
 __all__ = [
     "HOLD_WEIGHT",
@@ -37,10 +37,13 @@ __all__ = [
     "Released",
     "acquire_slot",
     "drop_surplus_slot",
+    "find_lease",
     "last_use",
+    "new_lease_id",
     "reclaim_expired",
     "reclaim_held_by",
     "release_lease",
+    "released_before",
     "renew_lease",
     "selection_order",
 ]
@@ -153,6 +156,7 @@ _ACQUIRE_PG = _acquire_one_statement()
 def acquire_slot(
     conn: Connection,
     *,
+    lease_id: str,
     now: datetime,
     provider: str,
     holder: str,
@@ -165,8 +169,11 @@ def acquire_slot(
     concurrent transactions right now: the caller tells the two apart with `candidates`).
 
     On PostgreSQL this is ONE statement, so it may run on an autocommit connection; on SQLite the
-    caller's BEGIN IMMEDIATE transaction makes the three statements one writer's work."""
-    lease_id, expires_at = uuid.uuid4().hex, now + timedelta(seconds=ttl_s)
+    caller's BEGIN IMMEDIATE transaction makes the three statements one writer's work.
+
+    `lease_id` is the caller's (`new_lease_id`), so a retry after a lost answer can find the
+    lease the first attempt took (`find_lease`) instead of taking a second slot."""
+    expires_at = now + timedelta(seconds=ttl_s)
     params = {
         "p_provider": provider,
         "p_now": now,
@@ -193,6 +200,26 @@ def acquire_slot(
     # an expired lease nobody released (its holder died): the caller records lease_reclaimed
     reclaimed = (old_lease, old_holder) if old_lease is not None else None
     return Acquired(lease_id, key_id, name, ciphertext, now, expires_at, reclaimed)
+
+
+def new_lease_id() -> str:
+    return uuid.uuid4().hex
+
+
+def find_lease(conn: Connection, *, lease_id: str) -> Acquired | None:
+    """The slot `lease_id` holds, as `acquire_slot` returned it, or None: how a retried acquire
+    tells whether its first attempt's commit reached the server before the connection died."""
+    s, k = slots_t.c, keys_t.c
+    row = conn.execute(
+        select(s.key_id, k.name, k.ciphertext, s.acquired_at, s.expires_at)
+        .join(keys_t, k.id == s.key_id)
+        .where(s.lease_id == lease_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    acquired_at, expires_at = as_utc(row.acquired_at), as_utc(row.expires_at)
+    assert acquired_at is not None and expires_at is not None
+    return Acquired(lease_id, row.key_id, row.name, row.ciphertext, acquired_at, expires_at)
 
 
 def renew_lease(conn: Connection, *, lease_id: str, ttl_s: float, now: datetime) -> datetime | None:
@@ -248,13 +275,24 @@ def release_lease(conn: Connection, *, lease_id: str, held_s: float = 0.0) -> Re
     return Released(held=True, surplus_slot=(row.key_id, row.id) if row.over_cap else None)
 
 
+def released_before(conn: Connection, *, lease_id: str) -> Released | None:
+    """For a retried release: the lease is no longer there, so the first attempt's commit
+    landed and freed it (expiring and being reclaimed in the instant between the two attempts
+    is the one other way, and a TTL is minutes). Which slot it held is not known any more: a
+    surplus slot left behind is free and above the cap, and the next resize drops it."""
+    held = conn.execute(select(slots_t.c.id).where(slots_t.c.lease_id == lease_id)).first()
+    return Released(held=True) if held is None else None
+
+
 def drop_surplus_slot(conn: Connection, *, key_id: int, slot_id: int) -> None:
     """Drop a free slot above its key's max_concurrency (kept if it was leased again meanwhile)."""
     cap = select(keys_t.c.max_concurrency).where(keys_t.c.id == key_id).scalar_subquery()
+    # Locked, so it cannot be taken between this check and the delete (the cap raised again
+    # and an acquirer in the slot): PostgreSQL re-checks the condition once the row is locked.
     free = conn.execute(
-        select(slots_t.c.id).where(
-            slots_t.c.id == slot_id, slots_t.c.lease_id.is_(None), slots_t.c.slot >= cap
-        )
+        select(slots_t.c.id)
+        .where(slots_t.c.id == slot_id, slots_t.c.lease_id.is_(None), slots_t.c.slot >= cap)
+        .with_for_update()
     ).scalar_one_or_none()
     if free is not None:
         drop_slots(conn, key_id, [slot_id])

@@ -52,6 +52,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from keystore.errors import KeyNotFound
 from keystore.models import Key, KeyLimit, LeaseSlot
 from keystore.ratelimits.readings import UNIFIED_PREFIX, BucketReading
 from keystore.types import UTCDateTime, as_utc, epoch_s
@@ -107,6 +108,8 @@ def record_readings(
     if not kept:
         return
     sharing = list(conn.execute(_SHARING, {"p_key": key_id}).scalars())
+    if not sharing:  # the key itself is gone (deleted while its call was out)
+        raise KeyNotFound(key_id)
     rows = [
         {
             "key_id": sharer,

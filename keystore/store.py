@@ -16,12 +16,13 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from keystore import audit as audit_log
 from keystore import (
@@ -40,7 +41,7 @@ from keystore import (
 from keystore.clock import Clock, utcnow
 from keystore.config import RotationConfig, load_config, save_config, updated_config
 from keystore.crypto import MasterKey
-from keystore.db import Database
+from keystore.db import RETRY_DELAYS_S, Database
 from keystore.errors import InvalidInput, KeyNotFound, LeaseLost, NoKeyAvailable
 from keystore.holders import LeaseHolderPublic, list_active_leases
 from keystore.keepalive import KeepAlive
@@ -84,8 +85,17 @@ def _check_provider(provider: str) -> None:
 
 
 class Keystore:
-    def __init__(self, engine: Engine, master: MasterKey, *, clock: Clock = utcnow) -> None:
-        self.db = Database(engine)
+    def __init__(
+        self,
+        engine: Engine,
+        master: MasterKey,
+        *,
+        clock: Clock = utcnow,
+        retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
+    ) -> None:
+        """`retry_delays_s`: the waits before each retry of a transient database failure (see
+        keystore/db.py); after the last, KeystoreUnreachable."""
+        self.db = Database(engine, retry_delays_s=retry_delays_s)
         self.master = master
         self._clock = clock
         self._hooks: list[audit_log.AuditHook] = []
@@ -221,10 +231,11 @@ class Keystore:
         threshold = config.proactive_threshold
         prefer_key = self._prefer_decryptable(provider, prefer=prefer_key, threshold=threshold)
         for _ in range(_CONTENDED_RETRIES):
-            now = self._clock()
+            now, lease_id = self._clock(), leases.new_lease_id()
             got = self.db.statement(
                 functools.partial(
                     leases.acquire_slot,
+                    lease_id=lease_id,
                     now=now,
                     provider=provider,
                     holder=holder,
@@ -232,7 +243,8 @@ class Keystore:
                     threshold=threshold,
                     prefer=prefer_key,
                     input_tokens=input_tokens,
-                )
+                ),
+                already_applied=functools.partial(leases.find_lease, lease_id=lease_id),
             )
             if got is None:
                 found = self._read(
@@ -342,6 +354,7 @@ class Keystore:
         released = self.db.statement(
             lambda conn: leases.release_lease(conn, lease_id=lease.id, held_s=held_s),
             durable=False,
+            already_applied=functools.partial(leases.released_before, lease_id=lease.id),
         )
         if released.surplus_slot is not None:  # max_concurrency was lowered while it was out
             key_id, slot_id = released.surplus_slot
@@ -436,7 +449,14 @@ class Keystore:
                     w.conn, key_id, signal, audit=w, no_reset_cooldown_s=cooldown, run_id=run_id
                 )
 
-        self._write(body_)
+        try:
+            self._write(body_)
+        except IntegrityError:
+            # The key was deleted while its reading was being written (the foreign key refused
+            # the row): the same answer as for a key deleted before (limits.record_readings).
+            if self._read(lambda conn: keys.key_exists(conn, key_id)):
+                raise
+            raise KeyNotFound(key_id) from None
         return signal
 
     def earliest_reset(self, provider: str) -> datetime | None:

@@ -1,9 +1,8 @@
 """Many processes hammer one pool: no key ever holds more leases than its max_concurrency.
 
 Each worker records, for every lease it held, the interval between `acquire` returning and
-`release` being called (CLOCK_MONOTONIC is shared by all processes). Those intervals lie inside the
-real lease, so more than `cap` of them overlapping on one key is a violation, with no false alarms.
-While holding, each worker also counts the key's unexpired lease rows in the database itself."""
+`release` being called (tests/held_intervals.py says why that has no false alarms). While holding,
+each worker also counts the key's unexpired lease rows in the database itself."""
 
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ from sqlalchemy import text
 
 from keystore import Keystore, MasterKey, NoKeyAvailable
 from keystore.db import create_keystore_engine
+from tests.held_intervals import max_overlap
 
 PROCESSES = 8
 CYCLES = int(os.environ.get("KEYRELAY_CONTENTION_CYCLES", "2000"))
@@ -48,17 +48,6 @@ def _worker(url: str, master_key: bytes, index: int, cycles: int, out: str) -> N
         done += 1
     Path(out).write_text(f"{misses} {lost} 0\n" + "\n".join(intervals) + "\n")
     ks.close()
-
-
-def _max_overlap(spans: list[tuple[float, float]]) -> int:
-    events = sorted(
-        [(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1])
-    )
-    level = peak = 0
-    for _, step in events:
-        level += step
-        peak = max(peak, level)
-    return peak
 
 
 @pytest.mark.slow
@@ -104,7 +93,7 @@ def test_cap_holds_across_processes(store_url: str, tmp_path: Path) -> None:
     assert total_lost == 0  # no lease was taken over while its holder still had it
     for key_id, cap in cap_of.items():
         assert spans[key_id], f"key {key_id} never used"
-        assert _max_overlap(spans[key_id]) <= cap, f"key {key_id} exceeded its cap {cap}"
+        assert max_overlap(spans[key_id]) <= cap, f"key {key_id} exceeded its cap {cap}"
         assert 1 <= seen_in_db[key_id] <= cap
     # the pool was really contended: some key was seen at its full cap while held
     assert any(seen_in_db[k] == cap > 1 for k, cap in cap_of.items())
@@ -115,5 +104,5 @@ def test_cap_holds_across_processes(store_url: str, tmp_path: Path) -> None:
 
 
 def test_overlap_checker_catches_a_violation() -> None:
-    assert _max_overlap([(0, 2), (1, 3), (2.5, 4)]) == 2
-    assert _max_overlap([(0, 1), (1, 2)]) == 1
+    assert max_overlap([(0, 2), (1, 3), (2.5, 4)]) == 2
+    assert max_overlap([(0, 1), (1, 2)]) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from keystore import DuplicateKey, InvalidInput, KeyNotFound, Keystore, LastEnabledKey
@@ -136,3 +138,29 @@ def test_nulls_control_characters_and_impossible_ids_are_clean_errors(ks: Keysto
         with pytest.raises(KeyNotFound):
             ks.delete_key(impossible)
         assert ks.audit_events(key_id=impossible) == []
+
+
+def test_a_deleted_keys_id_is_never_given_to_another_key(ks: Keystore) -> None:
+    ks.add_key(name="first", provider="openai", secret=secret_for("first"))
+    last = ks.add_key(name="last", provider="openai", secret=secret_for("last"))
+    ks.delete_key(last.id)
+
+    newer = ks.add_key(name="newer", provider="openai", secret=secret_for("newer"))
+
+    assert newer.id > last.id  # a stale client's PATCH /keys/{last.id} finds nothing
+    assert [e.key_id for e in ks.audit_events(type="key_added")] == [newer.id, last.id, 1]
+
+
+def test_a_response_on_a_deleted_key_is_key_not_found(ks: Keystore) -> None:
+    ks.add_key(name="keep", provider="anthropic", secret=secret_for("keep"))
+    gone = ks.add_key(name="gone", provider="anthropic", secret=secret_for("gone"))
+    ks.delete_key(gone.id)  # while a call on it was out
+
+    headers = {
+        "anthropic-ratelimit-requests-limit": "50",
+        "anthropic-ratelimit-requests-remaining": "49",
+        "anthropic-ratelimit-requests-reset": (T0 + timedelta(minutes=1)).isoformat(),
+    }
+    with pytest.raises(KeyNotFound):  # not an IntegrityError from the limits table
+        ks.record_response(gone.id, provider="anthropic", status=200, headers=headers)
+    assert [k.name for k in ks.list_keys()] == ["keep"]

@@ -21,7 +21,7 @@ __all__ = ["allowed_methods", "api_router"]
 keys_router = APIRouter(
     tags=["keys"],
     dependencies=[Depends(require_token)],
-    responses=error_responses(401, 429, 500),
+    responses=error_responses(401, 429, 500, 503),
 )
 keys_router.include_router(pool.router)
 keys_router.include_router(leases.router)
@@ -35,7 +35,7 @@ api_router.include_router(keys_router)
 api_router.include_router(
     audit.router,
     dependencies=[Depends(require_token)],
-    responses=error_responses(401, 429, 500),
+    responses=error_responses(401, 429, 500, 503),
 )
 
 
