@@ -202,6 +202,33 @@ def acquire_slot(
     return Acquired(lease_id, key_id, name, ciphertext, now, expires_at, reclaimed)
 
 
+def _still_admitted() -> Any:
+    keys = keys_t.c
+    now = bindparam("p_now", type_=UTCDateTime)
+    others_allow = ~limits.blocked(keys, now, bindparam("p_need"), bindparam("p_lease_id"))
+    return select(others_allow).where(keys.id == bindparam("p_key_id"))
+
+
+_STILL_ADMITTED = _still_admitted()
+
+
+def still_admitted(
+    conn: Connection, *, got: Acquired, now: datetime, input_tokens: int | None
+) -> bool:
+    """PostgreSQL: whether the key's buckets admit the lease just taken, counting every other
+    lease out on the key now. The taking statement counted them in its snapshot, which it took
+    before it waited for the key row's lock: a lease another acquirer committed in between
+    holds no lock any more and was not counted (seen in CI as a fourth lease on a bucket with
+    three requests left). This read runs after the take committed, so it sees that lease."""
+    params = {
+        "p_key_id": got.key_id,
+        "p_lease_id": got.lease_id,
+        "p_now": now,
+        "p_need": max(1, input_tokens or 0),
+    }
+    return bool(conn.execute(_STILL_ADMITTED, params).scalar())
+
+
 def new_lease_id() -> str:
     return uuid.uuid4().hex
 

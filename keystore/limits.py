@@ -155,10 +155,13 @@ def _out_on(keys: Any, now: Any, exclude_lease: Any) -> tuple[Any, Any]:
     return leases.scalar_subquery(), tokens.scalar_subquery()
 
 
-def blocked(keys: Any, now: Any, need_tokens: Any) -> ColumnElement[bool]:
-    """True when one of the key's buckets refuses a request of `need_tokens` input tokens now."""
+def blocked(
+    keys: Any, now: Any, need_tokens: Any, exclude_lease: Any = None
+) -> ColumnElement[bool]:
+    """True when one of the key's buckets refuses a request of `need_tokens` input tokens now
+    (the lease `exclude_lease` not counted among those out on it)."""
     b = limits_t.alias("bucket")
-    leases_out, tokens_out = _out_on(keys, now, None)
+    leases_out, tokens_out = _out_on(keys, now, exclude_lease)
     refuses = or_(
         and_(b.c.bucket.in_(REQUEST_BUCKETS), b.c.remaining - leases_out < 1),
         and_(b.c.bucket.in_(TOKEN_BUCKETS), _projected(b.c, now) - tokens_out < need_tokens),

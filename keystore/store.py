@@ -61,6 +61,7 @@ __all__ = ["Keystore", "open_keystore"]
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 _CONTENDED_RETRIES = 50
+_CONTENDED_WAIT_MAX_S = 0.02  # between retries on contended slots: ~0.8 s in all
 CONFIG_CACHE_S = 1.0  # how stale a worker's view of RotationConfig may be
 AUDIT_LIMIT_MAX = 10_000
 
@@ -230,7 +231,7 @@ class Keystore:
             raise InvalidInput("ttl_s: must be greater than 0")
         threshold = config.proactive_threshold
         prefer_key = self._prefer_decryptable(provider, prefer=prefer_key, threshold=threshold)
-        for _ in range(_CONTENDED_RETRIES):
+        for attempt in range(_CONTENDED_RETRIES):
             now, lease_id = self._clock(), leases.new_lease_id()
             got = self.db.statement(
                 functools.partial(
@@ -246,6 +247,14 @@ class Keystore:
                 ),
                 already_applied=functools.partial(leases.find_lease, lease_id=lease_id),
             )
+            if got is not None and got.reclaimed is not None:  # its holder died holding it
+                old_lease, old_holder = got.reclaimed
+                self.record(
+                    "lease_reclaimed", key_id=got.key_id, lease_id=old_lease, holder=old_holder
+                )
+            if got is not None and not self._still_admitted(got, now, input_tokens):
+                self._give_back(got, provider=provider, holder=holder)  # another lease won
+                got = None
             if got is None:
                 found = self._read(
                     functools.partial(
@@ -259,12 +268,9 @@ class Keystore:
                 error = candidates.exhausted(found, provider=provider, now=now)
                 if error is not None:
                     raise error
-                continue  # PostgreSQL skipped slots other transactions were taking
-            if got.reclaimed is not None:  # the slot's previous holder died holding it
-                old_lease, old_holder = got.reclaimed
-                self.record(
-                    "lease_reclaimed", key_id=got.key_id, lease_id=old_lease, holder=old_holder
-                )
+                # PostgreSQL skipped slots other transactions were taking: let them commit
+                time.sleep(min(_CONTENDED_WAIT_MAX_S, 0.001 * 2**attempt))
+                continue
             if not self.master.can_decrypt(got.ciphertext):
                 prefer_key = self._skip_undecryptable(
                     got, provider=provider, holder=holder, prefer=prefer_key, threshold=threshold
@@ -285,6 +291,31 @@ class Keystore:
             reason="all_busy",
             retry_at=self._clock(),
             detail=["every free slot was taken by concurrent acquirers; retry"],
+        )
+
+    def _still_admitted(
+        self, got: leases.Acquired, now: datetime, input_tokens: int | None
+    ) -> bool:
+        """SQLite's acquiring transaction is the only writer, so what it counted holds; on
+        PostgreSQL see `leases.still_admitted`."""
+        if self.db.dialect != "postgresql":
+            return True
+        return self._read(
+            functools.partial(leases.still_admitted, got=got, now=now, input_tokens=input_tokens)
+        )
+
+    def _give_back(self, got: leases.Acquired, *, provider: str, holder: str) -> None:
+        """Release a slot just taken that the caller will not get."""
+        self.release(
+            Lease(
+                id=got.lease_id,
+                key_id=got.key_id,
+                key_name=got.key_name,
+                provider=provider,
+                holder=holder,
+                acquired_at=got.acquired_at,
+                expires_at=got.expires_at,
+            )
         )
 
     def _prefer_decryptable(
@@ -316,17 +347,7 @@ class Keystore:
         """The leased key does not decrypt with this process's master key. Another process may
         hold the right one, so nothing shared is marked: give the slot back and choose among the
         keys that decrypt here (MasterKeyError when there are none)."""
-        self.release(
-            Lease(
-                id=got.lease_id,
-                key_id=got.key_id,
-                key_name=got.key_name,
-                provider=provider,
-                holder=holder,
-                acquired_at=got.acquired_at,
-                expires_at=got.expires_at,
-            )
-        )
+        self._give_back(got, provider=provider, holder=holder)
         log.error(
             "key %s (%s) %s; skipped in this process only",
             got.key_id,
