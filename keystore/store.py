@@ -151,18 +151,25 @@ class Keystore:
             create = KeyCreate.model_validate(fields)
         except ValidationError as exc:
             raise _invalid(exc) from None
-        key_id = self._write(
+        return self._write_key(
             lambda w: keys.add_key(w.conn, audit=w, master=self.master, create=create)
         )
-        return self.get_key(key_id)
 
     def get_key(self, key_id: int) -> KeyPublic:
         _check_key_id(key_id)
-        return self._read(
-            lambda conn: decryptable.key_here(
-                conn, self.master, keys.get_key(conn, key_id, now=self._clock())
-            )
+        return self._read(lambda conn: self._shown(conn, key_id))
+
+    def _shown(self, conn: Connection, key_id: int) -> KeyPublic:
+        return decryptable.key_here(
+            conn, self.master, keys.get_key(conn, key_id, now=self._clock())
         )
+
+    def _write_key(self, body: Callable[[audit_log.AuditWriter], int]) -> KeyPublic:
+        """Run a write that changes one key (`body` returns its id) and return the key as that
+        transaction left it. Read afterwards in a transaction of its own, a key deleted in
+        between would make an applied change look like KeyNotFound (seen in the concurrency
+        hunt: a cap raise that took effect, reported to its caller as a failure)."""
+        return self._write(lambda w: self._shown(w.conn, body(w)))
 
     def list_keys(self, provider: str | None = None) -> list[KeyPublic]:
         if provider is not None:
@@ -181,12 +188,12 @@ class Keystore:
             update = KeyUpdate(**changes)
         except ValidationError as exc:
             raise _invalid(exc) from None
-        self._write(
-            lambda w: keys.update_key(
-                w.conn, key_id, audit=w, master=self.master, update=update, force=force
-            )
-        )
-        return self.get_key(key_id)
+
+        def update_key(w: audit_log.AuditWriter) -> int:
+            keys.update_key(w.conn, key_id, audit=w, master=self.master, update=update, force=force)
+            return key_id
+
+        return self._write_key(update_key)
 
     def delete_key(self, key_id: int, *, force: bool = False) -> None:
         _check_key_id(key_id)
@@ -195,15 +202,21 @@ class Keystore:
     def reset_key(self, key_id: int) -> KeyPublic:
         """Clear cooling and unusable marks (a person says the key works again)."""
         _check_key_id(key_id)
-        self._write(lambda w: keys.reset_key(w.conn, key_id, audit=w))
-        return self.get_key(key_id)
+
+        def reset_key(w: audit_log.AuditWriter) -> int:
+            keys.reset_key(w.conn, key_id, audit=w)
+            return key_id
+
+        return self._write_key(reset_key)
 
     def migrate_env_tokens(self, environ: Mapping[str, str] | None = None) -> list[KeyPublic]:
         env = os.environ if environ is None else environ
-        ids = self._write(
-            lambda w: migrate_env_tokens(w.conn, audit=w, master=self.master, environ=env)
-        )
-        return [self.get_key(i) for i in ids]
+
+        def migrate(w: audit_log.AuditWriter) -> list[KeyPublic]:
+            added = migrate_env_tokens(w.conn, audit=w, master=self.master, environ=env)
+            return [self._shown(w.conn, key_id) for key_id in added]
+
+        return self._write(migrate)
 
     # -- leases ---------------------------------------------------------------------------------
     def acquire(

@@ -333,14 +333,18 @@ def test_the_pool_keeps_its_invariants_under_everything_at_once(
     for key_id, held in by_key.items():
         for lease in held:
             a, b = lease.called, lease.held.start
-            certain = sum(
-                1
+            certain = [
+                (other.held.start, other.held.end)
                 for other in held
                 if other is not lease and other.held.start <= a and other.held.end >= b
-            )
+            ]
             cap = _cap_during(changes[key_id], first_cap[key_id], a, b)
-            if certain + 1 > cap:
-                problems.append(f"key {key_id}: lease granted over cap {cap} at {b}")
+            if len(certain) + 1 > cap:
+                problems.append(
+                    f"key {key_id}: lease granted over cap {cap} at {b} (acquire called at "
+                    f"{a}); held throughout: {certain}; cap changes (t0, t1, old, new): "
+                    f"{changes[key_id]}"
+                )
             if key_id in deleted and a > deleted[key_id]:
                 problems.append(f"key {key_id}: lease granted after the key was deleted")
     for off, _t0, t1, t2, _t3 in events["OFF"]:

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from keystore import DuplicateKey, InvalidInput, KeyNotFound, Keystore, LastEnabledKey
+from keystore.models import AuditEventPublic
 from tests.conftest import T0, secret_for
 
 
@@ -119,6 +120,29 @@ def test_delete_and_audit_trail(ks: Keystore) -> None:
     types = [e.type for e in ks.audit_events(key_id=a.id)]
     assert types == ["key_deleted", "key_updated", "key_added"]
     assert ks.verify_audit().ok
+
+
+def test_a_change_that_committed_is_returned_even_if_the_key_is_deleted_right_after(
+    ks: Keystore,
+) -> None:
+    """Another process deletes the key the moment a change commits (here: an audit hook, which
+    runs after the commit). The change took effect, so its caller gets the key as the change left
+    it, not KeyNotFound (the concurrency hunt saw a cap raise that took effect reported as one)."""
+    spare = ks.add_key(name="spare", provider="anthropic", secret=secret_for("spare"))
+    first = ks.add_key(name="k", provider="anthropic", secret=secret_for("k"))
+
+    def delete_on_commit(event: AuditEventPublic) -> None:
+        if event.key_id != spare.id and event.type != "key_deleted":
+            ks.delete_key(event.key_id)
+
+    ks.add_audit_hook(delete_on_commit)
+    changed = ks.update_key(first.id, max_concurrency=3)
+    added = ks.add_key(name="k2", provider="anthropic", secret=secret_for("k2"), priority=7)
+    assert (changed.id, changed.max_concurrency) == (first.id, 3)
+    assert (added.name, added.priority) == ("k2", 7)
+    assert [k.id for k in ks.list_keys()] == [spare.id]  # both were deleted
+    with pytest.raises(KeyNotFound):
+        ks.update_key(first.id, max_concurrency=2)  # not there when the change ran: not found
 
 
 def test_nulls_control_characters_and_impossible_ids_are_clean_errors(ks: Keystore) -> None:
