@@ -6,8 +6,8 @@
         client = Anthropic(api_key=lease.secret(), max_retries=0)
 
 Every method validates its arguments and runs one short transaction through `Database`; the
-work itself lives in the modules named for it (keys, leases, cooling, waits, checkpoints,
-rekey, views). Audit hooks run after commit."""
+work itself lives in the modules named for it (keys, acquiring, leases, cooling, waits,
+checkpoints, rekey, views). Audit hooks run after commit."""
 
 from __future__ import annotations
 
@@ -38,11 +38,12 @@ from keystore import (
     views,
     waits,
 )
+from keystore.acquiring import Acquirer
 from keystore.clock import Clock, utcnow
 from keystore.config import RotationConfig, load_config, save_config, updated_config
 from keystore.crypto import MasterKey
 from keystore.db import RETRY_DELAYS_S, Database
-from keystore.errors import InvalidInput, KeyNotFound, LeaseLost, NoKeyAvailable
+from keystore.errors import InvalidInput, KeyNotFound, LeaseLost
 from keystore.holders import LeaseHolderPublic, list_active_leases
 from keystore.keepalive import KeepAlive
 from keystore.lease import Lease
@@ -60,8 +61,6 @@ __all__ = ["Keystore", "open_keystore"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-_CONTENDED_RETRIES = 50
-_CONTENDED_WAIT_MAX_S = 0.02  # between retries on contended slots: ~0.8 s in all
 CONFIG_CACHE_S = 1.0  # how stale a worker's view of RotationConfig may be
 AUDIT_LIMIT_MAX = 10_000
 
@@ -101,8 +100,9 @@ class Keystore:
         self._clock = clock
         self._hooks: list[audit_log.AuditHook] = []
         self._config_cache: tuple[float, RotationConfig] | None = None
-        # provider -> whether some of its keys do not decrypt here (absent: not looked yet)
-        self._undecryptable_here: dict[str, bool] = {}
+        self._acquirer = Acquirer(
+            self.db, master, clock=clock, record=self.record, release=self.release
+        )
 
     @property
     def engine(self) -> Engine:
@@ -242,133 +242,14 @@ class Keystore:
         ttl = config.lease_ttl_s if ttl_s is None else ttl_s
         if ttl <= 0:
             raise InvalidInput("ttl_s: must be greater than 0")
-        threshold = config.proactive_threshold
-        prefer_key = self._prefer_decryptable(provider, prefer=prefer_key, threshold=threshold)
-        for attempt in range(_CONTENDED_RETRIES):
-            now, lease_id = self._clock(), leases.new_lease_id()
-            got = self.db.statement(
-                functools.partial(
-                    leases.acquire_slot,
-                    lease_id=lease_id,
-                    now=now,
-                    provider=provider,
-                    holder=holder,
-                    ttl_s=ttl,
-                    threshold=threshold,
-                    prefer=prefer_key,
-                    input_tokens=input_tokens,
-                ),
-                already_applied=functools.partial(leases.find_lease, lease_id=lease_id),
-            )
-            if got is not None and got.reclaimed is not None:  # its holder died holding it
-                old_lease, old_holder = got.reclaimed
-                self.record(
-                    "lease_reclaimed", key_id=got.key_id, lease_id=old_lease, holder=old_holder
-                )
-            if got is not None and not self._still_admitted(got, now, input_tokens):
-                self._give_back(got, provider=provider, holder=holder)  # another lease won
-                got = None
-            if got is None:
-                found = self._read(
-                    functools.partial(
-                        candidates.candidates,
-                        provider=provider,
-                        now=now,
-                        threshold=threshold,
-                        input_tokens=input_tokens,
-                    )
-                )
-                error = candidates.exhausted(found, provider=provider, now=now)
-                if error is not None:
-                    raise error
-                # PostgreSQL skipped slots other transactions were taking: let them commit
-                time.sleep(min(_CONTENDED_WAIT_MAX_S, 0.001 * 2**attempt))
-                continue
-            if not self.master.can_decrypt(got.ciphertext):
-                prefer_key = self._skip_undecryptable(
-                    got, provider=provider, holder=holder, prefer=prefer_key, threshold=threshold
-                )
-                continue
-            return Lease(
-                id=got.lease_id,
-                key_id=got.key_id,
-                key_name=got.key_name,
-                provider=provider,
-                holder=holder,
-                acquired_at=got.acquired_at,
-                expires_at=got.expires_at,
-                _reveal=functools.partial(self.master.decrypt, got.ciphertext),
-            )
-        raise NoKeyAvailable(
-            provider,
-            reason="all_busy",
-            retry_at=self._clock(),
-            detail=["every free slot was taken by concurrent acquirers; retry"],
+        return self._acquirer.acquire(
+            provider=provider,
+            holder=holder,
+            ttl_s=ttl,
+            threshold=config.proactive_threshold,
+            prefer_key=prefer_key,
+            input_tokens=input_tokens,
         )
-
-    def _still_admitted(
-        self, got: leases.Acquired, now: datetime, input_tokens: int | None
-    ) -> bool:
-        """SQLite's acquiring transaction is the only writer, so what it counted holds; on
-        PostgreSQL see `leases.still_admitted`."""
-        if self.db.dialect != "postgresql":
-            return True
-        return self._read(
-            functools.partial(leases.still_admitted, got=got, now=now, input_tokens=input_tokens)
-        )
-
-    def _give_back(self, got: leases.Acquired, *, provider: str, holder: str) -> None:
-        """Release a slot just taken that the caller will not get."""
-        self.release(
-            Lease(
-                id=got.lease_id,
-                key_id=got.key_id,
-                key_name=got.key_name,
-                provider=provider,
-                holder=holder,
-                acquired_at=got.acquired_at,
-                expires_at=got.expires_at,
-            )
-        )
-
-    def _prefer_decryptable(
-        self, provider: str, *, prefer: int | None, threshold: float
-    ) -> int | None:
-        """The key to take first: `prefer`, unless some of the provider's keys do not decrypt
-        here; then the best key among those that do (see keystore/decryptable.py). Looks once
-        per provider, and again each time a key fails to decrypt."""
-        if self._undecryptable_here.get(provider) is False:
-            return prefer
-        now = self._clock()
-        bad, chosen = self._read(
-            lambda conn: decryptable.choose_decryptable(
-                conn, self.master, provider=provider, now=now, threshold=threshold, prefer=prefer
-            )
-        )
-        self._undecryptable_here[provider] = bool(bad)
-        return prefer if chosen is None else chosen
-
-    def _skip_undecryptable(
-        self,
-        got: leases.Acquired,
-        *,
-        provider: str,
-        holder: str,
-        prefer: int | None,
-        threshold: float,
-    ) -> int | None:
-        """The leased key does not decrypt with this process's master key. Another process may
-        hold the right one, so nothing shared is marked: give the slot back and choose among the
-        keys that decrypt here (MasterKeyError when there are none)."""
-        self._give_back(got, provider=provider, holder=holder)
-        log.error(
-            "key %s (%s) %s; skipped in this process only",
-            got.key_id,
-            got.key_name,
-            decryptable.not_here_reason(self.master),
-        )
-        self._undecryptable_here.pop(provider, None)
-        return self._prefer_decryptable(provider, prefer=prefer, threshold=threshold)
 
     def renew(self, lease: Lease, ttl_s: float | None = None) -> Lease:
         ttl = self._recent_config().lease_ttl_s if ttl_s is None else ttl_s
