@@ -285,7 +285,7 @@ def test_the_pool_keeps_its_invariants_under_everything_at_once(
 
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["keystore", "api.app", "tests.test_concurrency_hunt"])
-    stop, race = ctx.Event(), ctx.Barrier(2)
+    stop, race = ctx.Event(), ctx.Barrier(2, timeout=GIVE_UP_S)  # a dead partner: broken
     outs = [str(tmp_path / f"p{i}.txt") for i in range(LEASE_WORKERS + 3)]
     args = [(store_url, master_key, i, stop, outs[i]) for i in range(LEASE_WORKERS)]
     procs = [ctx.Process(target=_lease_worker, args=a) for a in args]
@@ -301,7 +301,13 @@ def test_the_pool_keeps_its_invariants_under_everything_at_once(
 
     samples, bad_samples = 0, []
     with setup.engine.connect() as conn:
+        deadline = time.monotonic() + 3 * GIVE_UP_S  # a hung process fails, never stalls CI
         while any(p.is_alive() for p in procs):
+            if time.monotonic() > deadline:
+                hung = [p.name for p in procs if p.is_alive()]
+                for p in procs:
+                    p.kill()
+                pytest.fail(f"still running after {3 * GIVE_UP_S} s: {hung}")
             none_enabled, orphans = conn.execute(_SAMPLE).one()
             conn.rollback()
             samples += 1

@@ -2,7 +2,8 @@
 
 It must finish every run with at least one rotation, deferral and resumption, never let the
 emulator serve a window over its limit, and leave no process or file behind; a second demo right
-after works the same; a demo interrupted with SIGINT mid-way stops everything too."""
+after works the same; a demo interrupted with SIGINT mid-way stops everything too. The
+claude-code demo runs the real CLI through the same stack."""
 
 from __future__ import annotations
 
@@ -52,12 +53,12 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # a zombie has exited
 
 
-def _run_demo() -> tuple[dict[str, Any], str]:
+def _run_demo(*args: str) -> tuple[dict[str, Any], str]:
     result = subprocess.run(
-        [str(KEYRELAY), "demo", *SHORT, "--json"],
+        [str(KEYRELAY), "demo", *(args or SHORT), "--json"],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=400,  # the claude-code demo installs the CLI from npm on a fresh machine
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout), result.stderr
@@ -86,6 +87,25 @@ def test_demo_completes_every_run_and_leaves_nothing_behind_twice() -> None:
         assert not [pid for pid in summary["pids"] if _alive(pid)]
         assert _processes_mentioning(summary["workdir"]) == []
         assert not Path(summary["workdir"]).exists()
+
+
+def test_the_claude_code_demo_does_its_job_once_across_a_rotation_and_a_deferral() -> None:
+    """`keyrelay demo --agent claude-code`: one real `claude -p` job of many tool calls in one
+    turn, on 3 keys of 2 requests per 15 s: the turn rotates mid-way, every key is spent, the
+    run defers, resumes the same turn at the reset, and each tool step ran exactly once."""
+    summary, progress = _run_demo("--agent", "claude-code")
+    assert summary["runs"] == summary["completed"] == 1, progress[-3000:]
+    assert summary["run_states"] == {"demo-1": "Completed"}
+    assert summary["rotations"] >= 1 and summary["deferrals"] >= 1, progress[-3000:]
+    assert summary["resumptions"] >= 1
+    assert summary["served_over_limit"] == 0
+    steps = summary["job_files"]["progress.txt"].split()
+    assert steps == [f"step{n}" for n in range(1, len(steps) + 1)] and len(steps) >= 4, steps
+    assert summary["job_steps_once"] is True
+    assert re.search(r"resumed [+-]\d+\.\d\d s after its reset", progress)
+    assert not [pid for pid in summary["pids"] if _alive(pid)]
+    assert _processes_mentioning(summary["workdir"]) == []
+    assert not Path(summary["workdir"]).exists()
 
 
 def test_demo_interrupted_midway_stops_everything() -> None:
