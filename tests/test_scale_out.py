@@ -7,7 +7,7 @@ What it shows:
 - both workers execute runs, and no key (max_concurrency=1) ever serves two overlapping requests,
   although runs on both workers compete for the same two keys;
 - when both keys are spent the runs defer (Scheduled/AwaitingRateLimit, worker freed); the worker
-  that started a deferred run is then stopped (a machine going away) and the other worker resumes
+  that started a deferred run is then killed (a machine going away) and the other worker resumes
   it at the reset from the keystore checkpoint: finished turns are not sent again, the next turn
   carries the conversation, although the other worker has none of the first one's Prefect
   result cache;
@@ -252,7 +252,11 @@ def _scenario(
         margin_s = due.timestamp() - time.time() - PREFETCH_S
         assert margin_s > 2, f"runs parked too late to force a hand-over ({margin_s:.1f} s)"
         stopping_at = time.time()
-        workers[gone].stop()
+        # Killed, not stopped: a Prefect process worker told to stop (SIGTERM) went on polling
+        # for seconds in CI, claimed the parked runs at their prefetch and took them down with
+        # it (Crashed, "aborted by Python system exit call"); keyrelay's crash automation
+        # resumes such runs (tests/flows/test_crash_recovery.py), which this test does not apply.
+        workers[gone].kill()
         stopped_at = time.time()
 
         # Phase 2: the survivor resumes every waiting run at the reset.
@@ -325,7 +329,7 @@ def _scenario(
             },
             "stopped worker": gone,
             "hand-over margin s": round(margin_s, 1),
-            "worker stop took s": round(stopped_at - stopping_at, 1),
+            "worker kill took s": round(stopped_at - stopping_at, 1),
             "requests": dict(Counter(e.status for e in log)),
             "workers per key": {k: sorted(v) for k, v in key_workers.items()},
         },
