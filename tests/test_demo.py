@@ -25,6 +25,7 @@ KEYRELAY = Path(sys.executable).parent / "keyrelay"
 # serves 3 of the 6 turns, so runs rotate, then defer and resume at the next window.
 SHORT = ["--runs", "3", "--steps", "2", "--window", "8", "--requests", "1", "--timeout", "150"]
 WORKDIR_LINE = re.compile(r"working directory (\S+)")
+TURNS_ON = re.compile(r"Completed \(turns on ([^)]*)\)")
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -72,7 +73,12 @@ def test_demo_completes_every_run_and_leaves_nothing_behind_twice() -> None:
         assert set(summary["run_states"].values()) == {"Completed"}
         assert summary["turns"] == 6
         assert summary["served"] == 6  # one successful provider call per turn, none repeated
-        assert summary["rotations"] >= 1, progress[-3000:]
+        # A run moves to another key: after a refusal (key_rotated), or, when the keystore
+        # already knew from the headers that its key was spent, before sending anything
+        # (timing decides which; CI saw a demo with no refusal at all).
+        keys_per_run = [set(m.split(", ")) for m in TURNS_ON.findall(progress)]
+        moved = summary["rotations"] >= 1 or any(len(keys) > 1 for keys in keys_per_run)
+        assert moved, progress[-3000:]
         assert summary["deferrals"] >= 1 and summary["resumptions"] >= 1, progress[-3000:]
         assert summary["resume_lateness_max_s"] is not None
         assert summary["wasted_429s"] == summary["rate_limited"] >= 1
@@ -81,7 +87,7 @@ def test_demo_completes_every_run_and_leaves_nothing_behind_twice() -> None:
         # what a person watching sees, as plain lines (stderr is not a terminal)
         assert "AwaitingRateLimit until" in progress
         assert re.search(r"resumed [+-]\d+\.\d\d s after its reset", progress)
-        assert "rotated" in progress
+        assert ("rotated" in progress) == (summary["rotations"] >= 1)
         # nothing left: the children it reports, anything else started from its directory
         assert len(summary["pids"]) == 2  # the Prefect server and the serve process
         assert not [pid for pid in summary["pids"] if _alive(pid)]
